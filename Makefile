@@ -1,0 +1,47 @@
+# maskfm — `make train` and `make test` each install what is missing first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS ?= dev
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast lint bench clean clean-runs
+
+help:  ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  Extra Hydra overrides: make train ARGS='trainer.max_epochs=2 seed=1'"
+
+# Re-installs when pyproject.toml changes (the stamp is older) or .venv is missing.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maskfm needs Python >= 3.10, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install maskfm (editable) with the test tools
+
+train: $(STAMP)  ## Pretrain MAE on the embedded synthetic pictures (a few minutes on CPU)
+	$(PY) -m maskfm.train +experiment=mae $(ARGS)
+
+test: $(STAMP)  ## Run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## Run the tests that start no training subprocess
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## Benchmark the MAE train step and encoder speed-up
+	$(PY) -m maskfm.bench +experiment=mae $(ARGS)
+
+lint: $(STAMP)  ## Lint with ruff
+	$(PY) -m ruff check maskfm tests
+
+clean-runs:  ## Delete ./runs (all run directories)
+	rm -rf runs
+
+clean:  ## Delete the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

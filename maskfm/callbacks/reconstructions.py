@@ -1,0 +1,94 @@
+"""Pictures of what the model reconstructs, written during training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import save_image
+
+
+class ReconstructionPictures(Callback):
+    """Every ``every_n_steps`` (and at the end), save ``dirpath/step_XXXXXX.png``.
+
+    The picture is a grid with one row per example and one column per panel the method
+    returns from ``reconstruction_panels(batch, output)`` (for images: input, masked input,
+    reconstruction, reconstruction with the visible patches pasted back). The examples are
+    the first ``num_examples`` of the first validation batch, masked with a fixed seed, so
+    successive pictures are comparable.
+    """
+
+    def __init__(self, dirpath: str, every_n_steps: int = 100, num_examples: int = 8) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = int(every_n_steps)
+        self.num_examples = int(num_examples)
+        self._batch: dict | None = None
+        self.saved: list[Path] = []
+
+    def _examples(self, trainer) -> dict | None:
+        if self._batch is None:
+            dm = trainer.datamodule
+            loader = dm.val_dataloader() if dm is not None else None
+            if loader is None:
+                return None
+            batch = next(iter(loader))
+            self._batch = {
+                k: v[: self.num_examples] if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()
+            }
+        return self._batch
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step > 0:
+            self.save(trainer, pl_module)
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.saved or self.saved[-1].name != self.filename(trainer.global_step):
+            self.save(trainer, pl_module)
+
+    @staticmethod
+    def filename(step: int) -> str:
+        return f"step_{step:06d}.png"
+
+    def save(self, trainer, pl_module) -> Path | None:
+        model = pl_module.model
+        if not hasattr(model, "reconstruction_panels"):
+            return None
+        examples = self._examples(trainer)
+        if examples is None:
+            return None
+        batch = {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in examples.items()}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = pl_module(batch, generator=pl_module.mask_generator(0, stage="viz"))
+            panels = model.reconstruction_panels(batch, out)
+        model.train(was_training)
+        grid = torch.stack([self.to_unit_range(trainer, p) for p in panels.values()], dim=1)
+        path = self.dirpath / self.filename(trainer.global_step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid.flatten(0, 1), path, nrow=len(panels), padding=2, pad_value=1.0)
+        self.saved.append(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(
+                    key="reconstructions", images=[str(path)], step=trainer.global_step,
+                    caption=[" | ".join(panels)],
+                )
+        return path
+
+    @staticmethod
+    def to_unit_range(trainer, images: torch.Tensor) -> torch.Tensor:
+        """Undo the datamodule's normalisation (``mean``/``std`` attributes) and clamp to [0, 1]."""
+        dm = trainer.datamodule
+        mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+        images = images.detach().float().cpu()
+        if mean is not None and std is not None:
+            images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        return images.clamp(0, 1)

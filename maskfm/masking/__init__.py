@@ -1,0 +1,30 @@
+"""Maskers (which tokens to hide) and the helpers that split tokens by a mask."""
+
+from maskfm.masking.base import Masker, mask_from_scores, num_hidden
+from maskfm.masking.block import BlockMasker
+from maskfm.masking.layout import GRID_2D, POINTS_3D, SEQUENCE, TokenLayout
+from maskfm.masking.ops import (
+    MaskIndices,
+    gather_tokens,
+    mask_indices,
+    restore_order,
+    scatter_tokens,
+)
+from maskfm.masking.random import RandomMasker
+
+__all__ = [
+    "GRID_2D",
+    "POINTS_3D",
+    "SEQUENCE",
+    "BlockMasker",
+    "MaskIndices",
+    "Masker",
+    "RandomMasker",
+    "TokenLayout",
+    "gather_tokens",
+    "mask_from_scores",
+    "mask_indices",
+    "num_hidden",
+    "restore_order",
+    "scatter_tokens",
+]

@@ -1,0 +1,188 @@
+"""``MaskedPretrainer``: the one LightningModule that trains every masked-modeling method.
+
+The method (an ``nn.Module``) owns tokenizing, masking, encoding, decoding and the loss and
+returns a :class:`MaskedModelingOutput`. This system owns everything around it: the steps,
+logging of every named loss part, mask randomness, the optimiser and its schedule, and the
+RNG state that makes a resumed run continue exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from functools import partial
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from maskfm.methods.output import MaskedModelingOutput
+from maskfm.methods.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+LR_REFERENCE_BATCH = 256  # lr = base_lr * effective_batch / 256 (MAE, Goyal et al.)
+
+
+def param_groups_weight_decay(
+    model: nn.Module, weight_decay: float, skip: set[str] | frozenset[str] = frozenset()
+) -> list[dict]:
+    """Two groups: decayed weights, and biases/norms/tokens (1-D tensors or names in ``skip``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip or leaf in skip:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def batch_size_of(batch) -> int:
+    """Samples in a batch dict: the first dimension of its first tensor."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError(f"cannot tell the batch size of a batch with keys {list(batch)}")
+
+
+class MaskedPretrainer(L.LightningModule):
+    """Trains ``model`` (a method) with AdamW-style optimisation and warm-up + cosine.
+
+    Args:
+        model: a method module with ``forward(batch, generator) -> MaskedModelingOutput``,
+            an ``encoder`` attribute, and optionally ``no_weight_decay() -> set[str]``.
+        optimizer: partial optimiser constructor taking ``(param_groups, lr=...)``; default
+            AdamW with betas (0.9, 0.95).
+        base_lr: learning rate for a batch of 256; the actual lr is
+            ``base_lr * batch_size * accumulate_grad_batches * world_size / 256``.
+        weight_decay: applied to weights only, never to biases, norms or tokens.
+        min_lr: final lr of the cosine schedule (absolute, as MAE).
+        warmup_epochs: linear warm-up length; ``warmup_steps`` overrides it when set.
+        mask_seed: masks are drawn from a generator seeded by
+            ``(mask_seed, epoch, batch_idx, rank)``, so they are reproducible and a resumed run
+            draws the same masks an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        base_lr: float = 1.5e-4,
+        weight_decay: float = 0.05,
+        min_lr: float = 0.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int | None = None,
+        mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, betas=(0.9, 0.95))
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
+        self.lr: float | None = None
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The pretrained encoder, for evaluation and export."""
+        return self.model.encoder
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+        return self.model(batch, generator=generator)
+
+    # -- steps ---------------------------------------------------------------------------
+    def mask_generator(self, batch_idx: int, stage: str = "train") -> torch.Generator:
+        stage_id = {"train": 0, "val": 1, "viz": 2}[stage]
+        epoch = self.current_epoch if stage == "train" else 0
+        seed = hash((self.hparams.mask_seed, stage_id, epoch, batch_idx, self.global_rank))
+        return torch.Generator(device=self.device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch, generator=self.mask_generator(batch_idx))
+        if not torch.isfinite(out.loss):
+            parts = {k: float(v.detach()) for k, v in out.parts.items()}
+            raise FloatingPointError(
+                f"non-finite training loss {float(out.loss.detach())} at global step {self.global_step} "
+                f"(loss parts: {parts}); stopping before it corrupts the weights"
+            )
+        self.log_output("train", out, batch)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch, generator=self.mask_generator(batch_idx, stage="val"))
+        self.log_output("val", out, batch)
+
+    def log_output(self, stage: str, out: MaskedModelingOutput, batch: dict) -> None:
+        bs = batch_size_of(batch)
+        on_step = stage == "train"
+        kw = dict(batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **kw)
+        for name, value in out.parts.items():
+            self.log(f"{stage}/{name}", value.detach(), **kw)
+        if on_step and "skipped" in batch:
+            self.log("data/skipped", batch["skipped"].sum().float(), reduce_fx="sum", **kw)
+
+    # -- optimisation ----------------------------------------------------------------------
+    def effective_batch_size(self) -> int:
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "batch_size"):
+            raise ValueError("the lr scaling rule needs a datamodule with a `batch_size` attribute")
+        return dm.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        eff_batch = self.effective_batch_size()
+        self.lr = hp.base_lr * eff_batch / LR_REFERENCE_BATCH
+        log.info(
+            "lr = base_lr %.3g x effective batch %d / %d = %.3g",
+            hp.base_lr, eff_batch, LR_REFERENCE_BATCH, self.lr,
+        )
+        skip = set(getattr(self.model, "no_weight_decay", lambda: set())())
+        groups = param_groups_weight_decay(self.model, hp.weight_decay, skip)
+        optimizer = self.optimizer_factory(groups, lr=self.lr)
+
+        total = float(self.trainer.estimated_stepping_batches)
+        if hp.warmup_steps is not None:
+            warmup = int(hp.warmup_steps)
+        elif self.trainer.max_epochs and self.trainer.max_epochs > 0 and math.isfinite(total):
+            warmup = round(hp.warmup_epochs * total / self.trainer.max_epochs)
+        else:
+            warmup = 0
+        min_ratio = hp.min_lr / self.lr if self.lr > 0 else 0.0
+        schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint extras -----------------------------------------------------------------
+    # RNG states are stored as tensors and plain Python values, so checkpoints load with
+    # torch.load(weights_only=True).
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["maskfm_config"] = self.run_config
+        np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(states["python"])
+        if states.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

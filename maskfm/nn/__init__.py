@@ -1,0 +1,1 @@
+"""Building blocks shared by methods: positional embeddings, losses, decoders."""

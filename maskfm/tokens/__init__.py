@@ -1,0 +1,1 @@
+"""Tokenizers: turn raw inputs (images, points, voxels, text) into tokens plus a layout."""
