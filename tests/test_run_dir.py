@@ -1,7 +1,12 @@
 import os
 import time
 
-from maskfm.run_dir import latest_checkpoint, latest_run_with_checkpoint, new_run_dir, resolve_run_dir
+from maskfm.run_dir import (
+    latest_checkpoint,
+    latest_run_with_checkpoint,
+    new_run_dir,
+    resolve_run_dir,
+)
 
 
 def touch(path, mtime):
