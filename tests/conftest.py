@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
-from PIL import Image
 
 from maskfm.config import CONFIG_DIR
 from maskfm.run_dir import register_resolvers
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# A two-block ViT on 32 px pictures: every code path, a fraction of a second per step.
-TINY_MAE = [
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.patch_size=8",
-    "model.decoder_embed_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-]
-TINY_SYNTHETIC = ["data.img_size=32", "data.num_train=64", "data.num_val=16", "data.batch_size=8"]
 
 
 @pytest.fixture
@@ -41,27 +21,3 @@ def compose_train(tmp_path):
             return compose(config_name, overrides=[*overrides, *paths, "print_config=false"])
 
     return _compose
-
-
-def make_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size=(48, 40)) -> Path:
-    """A tiny ImageFolder of solid-colour PNGs."""
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            colour = (40 * i + 20, 90 * c + 30, 200 - 30 * i)
-            Image.new("RGB", size, colour).save(root / name / f"{i}.png")
-    return root
-
-
-def run_train_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    """Run ``python -m maskfm.train ARGS`` in ``cwd``; fail with its output if it fails."""
-    Path(cwd).mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "maskfm.train", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"maskfm.train {' '.join(args)} failed ({proc.returncode}):\n"
-                    f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from maskfm.config import CONFIG_DIR
 from maskfm.train import train
-from tests.conftest import make_image_folder
+from tests.helpers import make_image_folder
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

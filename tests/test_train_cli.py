@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_MAE, run_train_cli
+from tests.helpers import TINY_MAE, run_train_cli
 
 pytestmark = pytest.mark.slow
 
