@@ -45,11 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskfm.config import CONFIG_DIR
 from maskfm.masking import RandomMasker, mask_indices
-from maskfm.methods.pretrainer import (
-    LR_REFERENCE_BATCH,
-    batch_size_of,
-    param_groups_weight_decay,
-)
+from maskfm.methods.pretrainer import batch_size_of, param_groups_weight_decay
 from maskfm.run_dir import register_resolvers
 from maskfm.train import build_system
 
@@ -264,7 +260,7 @@ def bench_train_step(system, batch, device, cfg, autocast, warmup, steps, memory
     batch_size = batch_size_of(batch)
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     groups = param_groups_weight_decay(model, hp.weight_decay, skip)
-    lr = hp.base_lr * batch_size / LR_REFERENCE_BATCH  # the training rule, one device
+    lr = hp.base_lr * batch_size / hp.lr_reference_batch  # the training rule, one device
     optimizer = system.optimizer_factory(groups, lr=lr)
     generator = torch.Generator(device=device).manual_seed(int(cfg.get("seed") or 0))
     losses: list[torch.Tensor] = []
@@ -339,6 +335,20 @@ def bench_encoder(
             {k: base["median_ms"] / v["median_ms"] for k, v in per_ratio.items()} if base else None
         ),
     }
+
+
+def bench_grouping(device, cases, batch_size, warmup, steps, seed) -> dict[str, Any]:
+    """FPS + kNN grouping time for ``(points, groups, group_size)`` cases at ``batch_size``."""
+    from maskfm.tokens.group import group_points
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out: dict[str, Any] = {"batch_size": batch_size}
+    for num_points, num_groups, group_size in cases:
+        points = torch.randn(batch_size, num_points, 3, generator=generator, device=device)
+        times = time_fn(lambda p=points, g=num_groups, m=group_size: group_points(p, g, m),
+                        device, warmup, steps)
+        out[f"{num_points}->{num_groups}x{group_size}"] = summarize(times)
+    return out
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -425,6 +435,11 @@ def _bench(cfg: DictConfig) -> dict[str, Any]:
     results["train_step"] = bench_train_step(
         system, batch, device, cfg, autocast, warmup, steps, memory
     )
+
+    if hasattr(model, "grouper") and bc.get("grouping"):
+        results["grouping"] = bench_grouping(
+            device, [tuple(c) for c in bc.grouping], int(bc.grouping_batch_size), warmup, steps, seed
+        )
 
     if hasattr(model, "encoder") and hasattr(model, "layout") and "image" in batch:
         results["encoder_fwd_bwd"] = bench_encoder(
@@ -515,6 +530,11 @@ def print_summary(r: dict[str, Any]) -> None:
                 f"{e['samples_per_sec']:.1f}",
                 f"{e['peak_memory_mib']:.0f}",
             )
+    grouping = r.get("grouping") or {}
+    for case, g in grouping.items():
+        if case != "batch_size":
+            table.add_row(f"grouping {case} (B={grouping['batch_size']})", "",
+                          f"{g['median_ms']:.2f}", f"{g['mean_ms']:.2f}", "", "")
     console = Console()
     console.print(table)
     if enc and enc["mae_speedup"] is not None:

@@ -44,3 +44,22 @@ def run_train_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: 
         pytest.fail(f"maskfm.train {' '.join(args)} failed ({proc.returncode}):\n"
                     f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def make_shapenet55(root: Path, synsets=("02691156", "03001627"), per_synset: int = 2,
+                    num_points: int = 1100) -> Path:
+    """A tiny ShapeNet-55 layout: ``shapenet_pc/<synset>-<model>.npy`` + ``ShapeNet-55/*.txt``."""
+    import numpy as np
+
+    (root / "shapenet_pc").mkdir(parents=True, exist_ok=True)
+    (root / "ShapeNet-55").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = {"train": [], "test": []}
+    for synset in synsets:
+        for i in range(per_synset):
+            name = f"{synset}-model{i:03d}.npy"
+            np.save(root / "shapenet_pc" / name, rng.normal(size=(num_points, 3)).astype(np.float32))
+            names["train" if i < per_synset - 1 else "test"].append(name)
+    for split, lines in names.items():
+        (root / "ShapeNet-55" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root

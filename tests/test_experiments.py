@@ -5,10 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from maskfm.config import CONFIG_DIR
 from maskfm.train import train
-from tests.helpers import make_image_folder
+from tests.helpers import make_image_folder, make_shapenet55
+
+REAL_FORMAT_FIXTURES = {"ImageFolderDataModule": make_image_folder, "shapenet55": make_shapenet55}
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -27,18 +30,18 @@ ON_CPU = [
 
 
 def test_experiments_exist():
-    assert "mae" in EXPERIMENTS and len(EXPERIMENTS) >= 2
+    assert {"mae", "point_mae", "point_cmae"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_runs_one_step(name, compose_train, tmp_path):
     overrides = [f"+experiment={name}", *ON_CPU]
     cfg = compose_train(overrides)
-    if "root" in cfg.data.keys():  # a real-format dataset: give it a tiny folder in that format
-        if cfg.data._target_.endswith("ImageFolderDataModule"):
-            overrides.append(f"data.root={make_image_folder(tmp_path / 'images')}")
-        else:
-            pytest.fail(f"experiment {name}: no test fixture for data {cfg.data._target_}")
+    if OmegaConf.is_missing(cfg.data, "root"):  # a real format: give it a tiny folder of that format
+        kind = cfg.data.get("dataset") or cfg.data._target_.rsplit(".", 1)[-1]
+        if kind not in REAL_FORMAT_FIXTURES:
+            pytest.fail(f"experiment {name}: no test fixture for data {kind}")
+        overrides.append(f"data.root={REAL_FORMAT_FIXTURES[kind](tmp_path / 'data')}")
     if "num_train" in cfg.data:
         overrides += ["data.num_train=4", "data.num_val=2"]
     cfg = compose_train(overrides)

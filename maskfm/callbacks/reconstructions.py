@@ -10,13 +10,16 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
+from maskfm.callbacks.render import render_panels
+
 
 class ReconstructionPictures(Callback):
     """Every ``every_n_steps`` (and at the end), save ``dirpath/step_XXXXXX.png``.
 
     The picture is a grid with one row per example and one column per panel the method
     returns from ``reconstruction_panels(batch, output)`` (for images: input, masked input,
-    reconstruction, reconstruction with the visible patches pasted back). The examples are
+    reconstruction, reconstruction with the visible patches pasted back) or, for point
+    clouds, from ``reconstruction_clouds(batch, output)`` drawn by ``callbacks.render``. The examples are
     the first ``num_examples`` of the first validation batch, masked with a fixed seed, so
     successive pictures are comparable.
     """
@@ -58,7 +61,7 @@ class ReconstructionPictures(Callback):
 
     def save(self, trainer, pl_module) -> Path | None:
         model = pl_module.model
-        if not hasattr(model, "reconstruction_panels"):
+        if not hasattr(model, "reconstruction_panels") and not hasattr(model, "reconstruction_clouds"):
             return None
         examples = self._examples(trainer)
         if examples is None:
@@ -68,9 +71,12 @@ class ReconstructionPictures(Callback):
         model.eval()
         with torch.no_grad():
             out = pl_module(batch, generator=pl_module.mask_generator(0, stage="viz"))
-            panels = model.reconstruction_panels(batch, out)
+            if hasattr(model, "reconstruction_panels"):
+                panels = {k: self.to_unit_range(trainer, v) for k, v in model.reconstruction_panels(batch, out).items()}
+            else:  # point clouds: drawn headless
+                panels = render_panels(model.reconstruction_clouds(batch, out))
         model.train(was_training)
-        grid = torch.stack([self.to_unit_range(trainer, p) for p in panels.values()], dim=1)
+        grid = torch.stack(list(panels.values()), dim=1)
         path = self.dirpath / self.filename(trainer.global_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid.flatten(0, 1), path, nrow=len(panels), padding=2, pad_value=1.0)

@@ -24,7 +24,6 @@ from maskfm.methods.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
-LR_REFERENCE_BATCH = 256  # lr = base_lr * effective_batch / 256 (MAE, Goyal et al.)
 
 
 def param_groups_weight_decay(
@@ -62,8 +61,10 @@ class MaskedPretrainer(L.LightningModule):
             an ``encoder`` attribute, and optionally ``no_weight_decay() -> set[str]``.
         optimizer: partial optimiser constructor taking ``(param_groups, lr=...)``; default
             AdamW with betas (0.9, 0.95).
-        base_lr: learning rate for a batch of 256; the actual lr is
-            ``base_lr * batch_size * accumulate_grad_batches * world_size / 256``.
+        base_lr: learning rate for a batch of ``lr_reference_batch``; the actual lr is
+            ``base_lr * batch_size * accumulate_grad_batches * world_size / lr_reference_batch``.
+        lr_reference_batch: 256 as MAE (Goyal et al.); recipes published as an absolute lr
+            at a batch size (Point-MAE: 1e-3 at 128) set that batch size here.
         weight_decay: applied to weights only, never to biases, norms or tokens.
         min_lr: final lr of the cosine schedule (absolute, as MAE).
         warmup_epochs: linear warm-up length; ``warmup_steps`` overrides it when set.
@@ -82,6 +83,7 @@ class MaskedPretrainer(L.LightningModule):
         warmup_epochs: float = 0.0,
         warmup_steps: int | None = None,
         mask_seed: int = 0,
+        lr_reference_batch: int = 256,
     ) -> None:
         super().__init__()
         self.model = model
@@ -142,10 +144,10 @@ class MaskedPretrainer(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         eff_batch = self.effective_batch_size()
-        self.lr = hp.base_lr * eff_batch / LR_REFERENCE_BATCH
+        self.lr = hp.base_lr * eff_batch / hp.lr_reference_batch
         log.info(
             "lr = base_lr %.3g x effective batch %d / %d = %.3g",
-            hp.base_lr, eff_batch, LR_REFERENCE_BATCH, self.lr,
+            hp.base_lr, eff_batch, hp.lr_reference_batch, self.lr,
         )
         skip = set(getattr(self.model, "no_weight_decay", lambda: set())())
         groups = param_groups_weight_decay(self.model, hp.weight_decay, skip)
