@@ -111,3 +111,15 @@ def test_bf16_needs_a_gpu(tmp_path):
     cfg = compose_bench(tmp_path, ["bench.precision=bf16"])
     with pytest.raises(ValueError, match="GPU"):
         bench(cfg)
+
+
+def test_bench_point_method_reports_grouping(compose_train):
+    from tests.test_evaluate import TINY_POINTS
+
+    cfg = compose_train([*TINY_POINTS, "bench.steps=1", "bench.warmup_steps=0",
+                         "bench.grouping=[[256,16,8],[512,32,8]]", "bench.grouping_batch_size=2"],
+                        config_name="bench")
+    result = bench(cfg)
+    assert set(result["grouping"]) == {"batch_size", "256->16x8", "512->32x8"}
+    assert result["grouping"]["512->32x8"]["median_ms"] > 0
+    assert result["train_step"]["samples_per_sec"] > 0 and result["encoder_fwd_bwd"] is None

@@ -69,3 +69,23 @@ def test_missing_checkpoint_is_named(compose_train, tmp_path):
     cfg = compose_train([*TINY_POINTS, "eval=svm", f"ckpt_path={tmp_path}/nope.ckpt"], config_name="evaluate")
     with pytest.raises(FileNotFoundError, match="nope.ckpt: no such checkpoint file"):
         evaluate(cfg)
+
+
+@pytest.mark.parametrize("dataset", ["modelnet40", "scanobjectnn"])
+def test_svm_eval_reads_the_real_formats(compose_train, tmp_path, dataset):
+    from tests.test_data_points import make_modelnet, make_scan
+
+    if dataset == "modelnet40":
+        root = make_modelnet(tmp_path / "modelnet40_normal_resampled")
+        extra = []
+    else:
+        make_scan(tmp_path / "ScanObjectNN", "hardest")
+        root, extra = tmp_path / "ScanObjectNN", ["data.variant=hardest"]
+    small = [o for o in TINY_POINTS if not o.startswith(("data.num_", "data.batch"))]
+    cfg = compose_train([*small, f"data={dataset}", f"data.root={root}", *extra, "data.num_points=32",
+                         "data.batch_size=4", "data.num_workers=0", "model.num_groups=8",
+                         "model.group_size=4", "eval=svm"], config_name="evaluate")
+    result = evaluate(cfg)
+    expected = {"modelnet40": (6, 3), "scanobjectnn": (6, 6)}[dataset]
+    assert (result["num_train"], result["num_test"]) == expected
+    assert result["dataset"] == dataset and 0 <= result["accuracy"] <= 100

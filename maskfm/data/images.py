@@ -16,12 +16,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from maskfm.data.base import LoaderDataModule
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ class ImageFolderDataset(Dataset):
 # --------------------------------------------------------------------------------------
 
 
-class SyntheticImageDataModule(L.LightningDataModule):
+class SyntheticImageDataModule(LoaderDataModule):
     """SyntheticShapes train ("train" split) / val ("test" split) loaders.
 
     ``mean``/``std`` are the fixed SYNTHETIC_MEAN/STD = (0.5,)*3 / (0.25,)*3 (round numbers
@@ -416,24 +417,9 @@ class SyntheticImageDataModule(L.LightningDataModule):
         self.train_set = SyntheticShapes(num_train, img_size, seed, split="train")
         self.val_set = SyntheticShapes(num_val, img_size, seed, split="test")
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(LoaderDataModule):
     """ImageFolder loaders for MAE pretraining (ImageNet mean/std, ``batch_size`` per device).
 
     Train: ``ImageFolderDataset(root, mae_train_transform(img_size))``, shuffled, drop_last.
@@ -487,21 +473,3 @@ class ImageFolderDataModule(L.LightningDataModule):
             full.transform, full._corrupt = evaluate, set()
             self.val_set = Subset(full, range(min(self.val_subset_size, len(full))))
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.val_set, train=False)

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maskfm.data.base import LoaderDataModule
 from maskfm.data.synthetic_shapes import CLASSES, SyntheticShapes3D, sample_shape
 
 log = logging.getLogger(__name__)
@@ -902,7 +902,7 @@ class ScanObjectNN(_PointCloudDataset):
 # --------------------------------------------------------------------------------------
 
 
-class PointCloudDataModule(L.LightningDataModule):
+class PointCloudDataModule(LoaderDataModule):
     """Point-cloud loaders: train (shuffled, drop_last), val (test split) and SVM-eval loaders.
 
     ``dataset`` picks the source: "synthetic" (:class:`SyntheticShapes3D`, ``num_train`` /
@@ -1032,24 +1032,6 @@ class PointCloudDataModule(L.LightningDataModule):
             self.train_set = self._make(self.dataset, "train", eval_set=False)
             self.val_set = self._make(self.dataset, "test", eval_set=False)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.val_set, train=False)
 
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """(train, test) loaders of the eval dataset: unshuffled, unaugmented, deterministic."""
@@ -1058,7 +1040,7 @@ class PointCloudDataModule(L.LightningDataModule):
                 self._make(self.eval_name, "train", eval_set=True),
                 self._make(self.eval_name, "test", eval_set=True),
             )
-        return self._loader(self._eval_sets[0], train=False), self._loader(
+        return self.loader(self._eval_sets[0], train=False), self.loader(
             self._eval_sets[1], train=False
         )
 

@@ -20,6 +20,8 @@ omitted here).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
@@ -28,6 +30,7 @@ from torch import nn
 from maskfm.masking import Masker, RandomMasker
 from maskfm.methods.output import MaskedModelingOutput
 from maskfm.methods.point_mae import PointMAE
+from maskfm.nn.point_transformer import init_point_transformer
 
 CONTRAST = ("paper", "released")
 
@@ -57,38 +60,31 @@ def double_mask_contrast(f1: torch.Tensor, f2: torch.Tensor, both: torch.Tensor,
 class PointCMAE(PointMAE):
     """Point-MAE + a second mask and decoder + the double-mask contrastive constraint.
 
-    Args (beyond :class:`PointMAE`):
+    Args:
         contrast: ``paper`` or ``released`` (see the module docstring).
         recon_weight, contrast_weight: 1000 and 1 as released.
+        point_mae_kwargs: the sizes, as :class:`PointMAE` (groups, widths, depths, loss).
     """
 
     def __init__(
         self,
         masker: Masker | None = None,
-        num_groups: int = 64,
-        group_size: int = 32,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        drop_path_rate: float = 0.1,
-        decoder_depth: int = 4,
-        decoder_num_heads: int = 6,
-        loss: str = "cdl2",
-        pointnet_hidden: tuple[int, int, int] = (128, 256, 512),
         contrast: str = "paper",
         recon_weight: float = 1000.0,
         contrast_weight: float = 1.0,
+        **point_mae_kwargs,
     ) -> None:
-        super().__init__(masker or RandomMasker(0.6), num_groups, group_size, embed_dim, depth,
-                         num_heads, drop_path_rate, decoder_depth, decoder_num_heads, loss,
-                         pointnet_hidden)
+        super().__init__(masker or RandomMasker(0.6), **point_mae_kwargs)
         if contrast not in CONTRAST:
             raise ValueError(f"contrast must be one of {CONTRAST}, got {contrast!r}")
         self.contrast = contrast
         self.recon_weight, self.contrast_weight = recon_weight, contrast_weight
-        self.decoder2 = self.build_decoder(group_size, embed_dim, decoder_depth, decoder_num_heads)
+        self.decoder2 = copy.deepcopy(self.decoder)  # identical shape, its own weights
+        self.decoder2.apply(init_point_transformer)
+        trunc_normal_(self.decoder2.mask_token, std=0.02)
+        width = self.encoder.embed_dim
         for name in ("cls_token1", "cls_pos1", "cls_token2", "cls_pos2"):
-            self.register_parameter(name, nn.Parameter(trunc_normal_(torch.zeros(1, 1, embed_dim), std=0.02)))
+            self.register_parameter(name, nn.Parameter(trunc_normal_(torch.zeros(1, 1, width), std=0.02)))
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token", "cls_token1", "cls_token2"}

@@ -56,11 +56,7 @@ class PointMAE(nn.Module):
         self.chamfer = CHAMFER[loss]
         self.grouper = PointGrouper(num_groups, group_size)
         self.encoder = PointPatchEncoder(embed_dim, depth, num_heads, drop_path_rate, pointnet_hidden)
-        self.decoder = self.build_decoder(group_size, embed_dim, decoder_depth, decoder_num_heads)
-
-    @staticmethod
-    def build_decoder(group_size, embed_dim, depth, num_heads) -> PointPatchDecoder:
-        return PointPatchDecoder(group_size, embed_dim, depth, num_heads, drop_path_rate=0.1)
+        self.decoder = PointPatchDecoder(group_size, embed_dim, decoder_depth, decoder_num_heads, drop_path_rate)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}
