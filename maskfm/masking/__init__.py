@@ -10,6 +10,7 @@ from maskfm.masking.ops import (
     restore_order,
     scatter_tokens,
 )
+from maskfm.masking.radial import RadialMasker, radial_mask
 from maskfm.masking.random import RandomMasker
 
 __all__ = [
@@ -19,12 +20,14 @@ __all__ = [
     "BlockMasker",
     "MaskIndices",
     "Masker",
+    "RadialMasker",
     "RandomMasker",
     "TokenLayout",
     "gather_tokens",
     "mask_from_scores",
     "mask_indices",
     "num_hidden",
+    "radial_mask",
     "restore_order",
     "scatter_tokens",
 ]
