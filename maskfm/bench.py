@@ -260,7 +260,8 @@ def bench_train_step(system, batch, device, cfg, autocast, warmup, steps, memory
     batch_size = batch_size_of(batch)
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     groups = param_groups_weight_decay(model, hp.weight_decay, skip)
-    lr = hp.base_lr * batch_size / hp.lr_reference_batch  # the training rule, one device
+    ref = hp.lr_reference_batch  # the training rule on one device (0 = absolute lr)
+    lr = hp.base_lr * batch_size / ref if ref else hp.base_lr
     optimizer = system.optimizer_factory(groups, lr=lr)
     generator = torch.Generator(device=device).manual_seed(int(cfg.get("seed") or 0))
     losses: list[torch.Tensor] = []

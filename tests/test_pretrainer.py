@@ -89,3 +89,24 @@ def test_masks_depend_on_seed_epoch_and_batch_index():
     assert not torch.equal(draw(system.mask_generator(3)), draw(system.mask_generator(3, "val")))
     other = MaskedPretrainer(tiny_mae(), mask_seed=2)
     assert not torch.equal(draw(system.mask_generator(3)), draw(other.mask_generator(3)))
+
+
+def test_onecycle_schedule_as_openpcdet(monkeypatch):
+    system = MaskedPretrainer(
+        tiny_mae(), optimizer=lambda groups, lr: torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99)),
+        base_lr=0.003, lr_reference_batch=0, weight_decay=0.01, schedule="onecycle", pct_start=0.4,
+        div_factor=10.0, final_div_factor=1e4, momentum_range=(0.85, 0.95), decay_all=True,
+    )
+    monkeypatch.setattr(MaskedPretrainer, "trainer", property(lambda self: fake_trainer(total_steps=100)))
+    conf = system.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert system.lr == 0.003 and len(opt.param_groups) == 1  # absolute lr; decay on everything
+    lrs, betas = [], []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        betas.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(3e-4) and max(lrs) == pytest.approx(3e-3, rel=1e-3)
+    assert lrs.index(max(lrs)) in (39, 40) and lrs[-1] < 1e-6
+    assert betas[0] == pytest.approx(0.95) and min(betas) == pytest.approx(0.85, abs=1e-3)

@@ -64,7 +64,14 @@ class MaskedPretrainer(L.LightningModule):
         base_lr: learning rate for a batch of ``lr_reference_batch``; the actual lr is
             ``base_lr * batch_size * accumulate_grad_batches * world_size / lr_reference_batch``.
         lr_reference_batch: 256 as MAE (Goyal et al.); recipes published as an absolute lr
-            at a batch size (Point-MAE: 1e-3 at 128) set that batch size here.
+            at a batch size (Point-MAE: 1e-3 at 128) set that batch size here; 0 means
+            ``base_lr`` is used as is, whatever the batch.
+        schedule: ``cosine`` (linear warm-up + cosine, MAE) or ``onecycle`` (OpenPCDet's
+            ``adam_onecycle``: cosine up from ``lr / div_factor`` over ``pct_start`` of the
+            steps, then down to ``lr / div_factor / final_div_factor``; beta1 cycled over
+            ``momentum_range`` = (low, high) when given).
+        decay_all: weight decay on every parameter, norms and biases included (OpenPCDet's
+            ``bn_wd=True``).
         weight_decay: applied to weights only, never to biases, norms or tokens.
         min_lr: final lr of the cosine schedule (absolute, as MAE).
         warmup_epochs: linear warm-up length; ``warmup_steps`` overrides it when set.
@@ -84,6 +91,12 @@ class MaskedPretrainer(L.LightningModule):
         warmup_steps: int | None = None,
         mask_seed: int = 0,
         lr_reference_batch: int = 256,
+        schedule: str = "cosine",
+        pct_start: float = 0.4,
+        div_factor: float = 10.0,
+        final_div_factor: float = 1e4,
+        momentum_range: tuple[float, float] | None = None,
+        decay_all: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -144,16 +157,35 @@ class MaskedPretrainer(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         eff_batch = self.effective_batch_size()
-        self.lr = hp.base_lr * eff_batch / hp.lr_reference_batch
-        log.info(
-            "lr = base_lr %.3g x effective batch %d / %d = %.3g",
-            hp.base_lr, eff_batch, hp.lr_reference_batch, self.lr,
-        )
+        if hp.lr_reference_batch:
+            self.lr = hp.base_lr * eff_batch / hp.lr_reference_batch
+            log.info("lr = base_lr %.3g x effective batch %d / %d = %.3g",
+                     hp.base_lr, eff_batch, hp.lr_reference_batch, self.lr)
+        else:  # the recipe gives an absolute lr
+            self.lr = hp.base_lr
+            log.info("lr = %.3g (absolute, effective batch %d)", self.lr, eff_batch)
         skip = set(getattr(self.model, "no_weight_decay", lambda: set())())
-        groups = param_groups_weight_decay(self.model, hp.weight_decay, skip)
+        if hp.decay_all:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
+                       "weight_decay": hp.weight_decay}]
+        else:
+            groups = param_groups_weight_decay(self.model, hp.weight_decay, skip)
         optimizer = self.optimizer_factory(groups, lr=self.lr)
 
         total = float(self.trainer.estimated_stepping_batches)
+        if hp.schedule == "onecycle":
+            if not math.isfinite(total):
+                raise ValueError("schedule=onecycle needs a finite run (set trainer.max_epochs or max_steps)")
+            low, high = hp.momentum_range or (None, None)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.lr, total_steps=int(total), pct_start=hp.pct_start,
+                div_factor=hp.div_factor, final_div_factor=hp.final_div_factor, anneal_strategy="cos",
+                cycle_momentum=hp.momentum_range is not None,
+                base_momentum=low or 0.85, max_momentum=high or 0.95,
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if hp.schedule != "cosine":
+            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {hp.schedule!r}")
         if hp.warmup_steps is not None:
             warmup = int(hp.warmup_steps)
         elif self.trainer.max_epochs and self.trainer.max_epochs > 0 and math.isfinite(total):
