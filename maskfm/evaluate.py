@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskfm.config import CONFIG_DIR, print_config_tree
 from maskfm.eval.svm import extract_features, linear_svm_accuracy
+from maskfm.eval.voxel_probe import extract_voxel_features, segmentation_scores, train_linear_probe
 from maskfm.interop.point_mae import is_original_checkpoint, load_point_mae_checkpoint
 from maskfm.run_dir import latest_checkpoint, latest_run_with_checkpoint, register_resolvers
 from maskfm.train import build_system
@@ -82,8 +83,16 @@ def evaluate(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.eval.device != "cpu" else "cpu")
     model.to(device).eval()
 
+    if cfg.eval.name == "voxel_probe":
+        result = {**voxel_probe(cfg, model, device), "run_name": cfg.run_name, **info}
+        (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        print(f"voxel probe: test mIoU {result['miou']:.2f} %, accuracy {result['accuracy']:.2f} % "
+              f"({result['num_train_voxels']} train / {result['num_test_voxels']} test voxels), "
+              f"checkpoint {info['checkpoint']}")
+        print(f"wrote {output_dir / 'eval.json'}")
+        return result
     if cfg.eval.name != "svm":
-        raise ValueError(f"unknown evaluation {cfg.eval.name!r}; available: svm")
+        raise ValueError(f"unknown evaluation {cfg.eval.name!r}; available: svm, voxel_probe")
     datamodule = instantiate(cfg.data)
     train_loader, test_loader = datamodule.eval_dataloaders()
     train_x, train_y = extract_features(model, train_loader, cfg.eval.pooling, device)
@@ -104,6 +113,20 @@ def evaluate(cfg: DictConfig) -> dict:
           f"{result['num_train']} train / {result['num_test']} test, checkpoint {info['checkpoint']}")
     print(f"wrote {output_dir / 'eval.json'}")
     return result
+
+
+def voxel_probe(cfg: DictConfig, model, device) -> dict:
+    """Linear per-voxel probe of frozen features (LiDAR methods)."""
+    datamodule = instantiate(cfg.data)
+    train_loader, test_loader = datamodule.eval_dataloaders()
+    names = list(getattr(datamodule, "class_names", [])) or None
+    k = len(names) if names else int(cfg.eval.num_classes)
+    x, y = extract_voxel_features(model, train_loader, k, device, cfg.eval.max_voxels_per_sweep, cfg.seed or 0)
+    predict = train_linear_probe(x, y, k, cfg.eval.epochs, cfg.eval.lr, cfg.seed or 0)
+    xt, yt = extract_voxel_features(model, test_loader, k, device)
+    scores = segmentation_scores(predict(xt), yt, k, names)
+    return {"eval": "voxel_probe", **scores, "num_train_voxels": len(y), "num_test_voxels": len(yt),
+            "feature_dim": int(x.shape[1])}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

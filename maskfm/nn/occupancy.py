@@ -60,6 +60,40 @@ def densify(features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_s
     return dense.permute(0, 4, 1, 2, 3).contiguous()
 
 
+def gather_coarse(features, coords, spatial_shape, queries, full_shape, radius: int = 0):
+    """Features of the coarse cells around full-resolution query cells.
+
+    Args:
+        features, coords: a sparse tensor's ``(M, C)`` features at ``[b, z, y, x]`` coarse cells.
+        spatial_shape: its ``(Z, Y, X)``; full_shape: the query grid's ``(Z', Y', X')``.
+        queries: ``(Q, 4)`` ``[b, z, y, x]`` in the full grid.
+        radius: also gather the ``(2r+1)^3`` neighbouring coarse cells (zeros where inactive).
+    Returns:
+        ``(Q, C * (2r+1)^3)`` features and ``(Q, 3)`` the query's position inside its cell.
+    """
+    dev = queries.device
+    coarse = torch.tensor(tuple(spatial_shape), device=dev)
+    scaled = queries[:, 1:].float() * coarse / torch.tensor(tuple(full_shape), device=dev)
+    cell = scaled.floor().long()
+    batch = queries[:, 0].long()
+    num_batches = int(max(batch.max(), coords[:, 0].max()) + 1) if len(queries) and len(coords) else 1
+    lookup = torch.full((num_batches, *spatial_shape), -1, dtype=torch.long, device=dev)
+    b, z, y, x = coords.long().unbind(1)
+    lookup[b, z, y, x] = torch.arange(len(coords), device=dev)
+    padded = torch.cat([features, features.new_zeros(1, features.shape[1])])  # row -1 -> zeros
+    steps = range(-radius, radius + 1)
+    gathered = []
+    for dz in steps:
+        for dy in steps:
+            for dx in steps:
+                n = cell + torch.tensor([dz, dy, dx], device=dev)
+                inside = ((n >= 0) & (n < coarse)).all(dim=1)
+                n = n.clamp(min=0).minimum(coarse - 1)
+                row = lookup[batch, n[:, 0], n[:, 1], n[:, 2]]
+                gathered.append(padded[torch.where(inside, row, torch.full_like(row, -1))])
+    return torch.cat(gathered, dim=1), scaled - cell
+
+
 class SparseOccupancyDecoder(nn.Module):
     """Occupancy logits at query cells from the coarse cell (3x3x3 neighbourhood) that holds them.
 
@@ -78,29 +112,9 @@ class SparseOccupancyDecoder(nn.Module):
 
     def forward(self, features, coords, spatial_shape, queries, full_shape) -> torch.Tensor:
         """Logits ``(Q,)`` at full-resolution query cells ``queries (Q, 4)`` ``[b, z, y, x]``."""
-        coarse = torch.tensor(spatial_shape, device=queries.device)
-        full = torch.tensor(full_shape, device=queries.device)
-        fine = queries[:, 1:].float()
-        cell = (fine * coarse / full).floor().long()  # the coarse cell containing each query
-        offset = fine * coarse / full - cell  # position inside that cell, in [0, 1)
-        lookup = torch.full((int(queries[:, 0].max()) + 1 if len(queries) else 1, *spatial_shape), -1,
-                            dtype=torch.long, device=queries.device)
-        b, z, y, x = coords.long().unbind(1)
-        keep = b < lookup.shape[0]
-        lookup[b[keep], z[keep], y[keep], x[keep]] = torch.arange(len(coords), device=coords.device)[keep]
-        padded = torch.cat([features, features.new_zeros(1, features.shape[1])])  # row -1 -> zeros
-        gathered = []
-        for dz in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    n = cell + torch.tensor([dz, dy, dx], device=cell.device)
-                    inside = ((n >= 0) & (n < coarse)).all(dim=1)
-                    n = n.clamp(min=0).minimum(coarse - 1)
-                    row = lookup[queries[:, 0].long(), n[:, 0], n[:, 1], n[:, 2]]
-                    row = torch.where(inside, row, torch.full_like(row, -1))
-                    gathered.append(padded[row])
-        position = torch.cat([offset, fine / full], dim=1)
-        return self.mlp(torch.cat([*gathered, position], dim=1)).squeeze(1)
+        gathered, offset = gather_coarse(features, coords, spatial_shape, queries, full_shape, radius=1)
+        fine = queries[:, 1:].float() / torch.tensor(full_shape, device=queries.device)
+        return self.mlp(torch.cat([gathered, offset, fine], dim=1)).squeeze(1)
 
     def loss(self, features, coords, spatial_shape, target_coords, batch_size, full_shape,
              generator: torch.Generator | None = None) -> torch.Tensor:
