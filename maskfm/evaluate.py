@@ -75,6 +75,8 @@ def evaluate(cfg: DictConfig) -> dict:
     """Run ``cfg.eval`` on ``cfg.data`` with the encoder of ``cfg.ckpt_path``."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("print_config", True):

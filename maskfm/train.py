@@ -40,7 +40,7 @@ def build_system(cfg: DictConfig) -> MaskedPretrainer:
     masker = instantiate(cfg.masking)
     log.info("Instantiating method <%s> with %s", cfg.model._target_, masker)
     model = instantiate(cfg.model, masker=masker)
-    return MaskedPretrainer(model, mask_seed=cfg.seed or 0, **instantiate(cfg.optim))
+    return MaskedPretrainer(model, mask_seed=cfg.seed or 0, **instantiate(cfg.optim, _convert_="all"))
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -74,6 +74,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.get("torch_threads"):  # e.g. 1 for spconv's CPU kernels (see maskfm/nn/sparse_compat.py)
+        torch.set_num_threads(int(cfg.torch_threads))
     output_dir = Path(cfg.paths.output_dir)
     save_run_config(cfg, output_dir)
 

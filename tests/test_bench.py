@@ -123,3 +123,22 @@ def test_bench_point_method_reports_grouping(compose_train):
     assert set(result["grouping"]) == {"batch_size", "256->16x8", "512->32x8"}
     assert result["grouping"]["512->32x8"]["median_ms"] > 0
     assert result["train_step"]["samples_per_sec"] > 0 and result["encoder_fwd_bwd"] is None
+
+
+@pytest.mark.slow
+def test_bench_compare_runs_each_variant_in_its_own_process(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_evaluate import TINY_POINTS
+
+    out = tmp_path / "cmp"
+    args = [sys.executable, "-m", "maskfm.bench", *TINY_POINTS, "bench.steps=1", "bench.warmup_steps=0",
+            "bench.grouping=[]", "bench.compare={one: ['model.depth=1'], two: ['model.depth=2']}",
+            f"hydra.run.dir={out}"]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    assert set(result["variants"]) == {"one", "two"}
+    assert (out / "one" / "bench.json").is_file() and (out / "two" / "bench.json").is_file()
+    assert result["two_over_one"]["time"] > 0 and result["variants"]["one"]["peak_memory_mib"] > 0

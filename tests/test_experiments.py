@@ -11,7 +11,16 @@ from maskfm.config import CONFIG_DIR
 from maskfm.train import train
 from tests.helpers import make_image_folder, make_shapenet55
 
-REAL_FORMAT_FIXTURES = {"ImageFolderDataModule": make_image_folder, "shapenet55": make_shapenet55}
+
+def make_kitti_root(root):
+    from tests.test_data_lidar import make_kitti
+
+    make_kitti(root)
+    return root
+
+
+REAL_FORMAT_FIXTURES = {"ImageFolderDataModule": make_image_folder, "shapenet55": make_shapenet55,
+                        "kitti": make_kitti_root}
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

@@ -101,6 +101,8 @@ class MaskedPretrainer(L.LightningModule):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, betas=(0.9, 0.95))
+        # plain tuples, not OmegaConf lists: checkpoints must load with weights_only=True
+        momentum_range = tuple(momentum_range) if momentum_range is not None else None
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
         self.lr: float | None = None

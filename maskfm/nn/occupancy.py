@@ -97,22 +97,29 @@ def gather_coarse(features, coords, spatial_shape, queries, full_shape, radius: 
 class SparseOccupancyDecoder(nn.Module):
     """Occupancy logits at query cells from the coarse cell (3x3x3 neighbourhood) that holds them.
 
+    The encoded features are first reduced to ``reduced`` channels (one linear layer on the
+    M active coarse cells), so a query reads ``27 x reduced`` numbers: like a 3x3x3 conv
+    evaluated only where it is needed.
+
     Args:
         in_channels: width of the encoded features (128 for VoxelBackBone8x).
+        reduced: channels per coarse cell read by a query.
         hidden: MLP width.
         empty_per_occupied: sampled empty cells per occupied voxel.
     """
 
-    def __init__(self, in_channels: int = 128, hidden: int = 64, empty_per_occupied: float = 2.0) -> None:
+    def __init__(self, in_channels: int = 128, reduced: int = 16, hidden: int = 64,
+                 empty_per_occupied: float = 2.0) -> None:
         super().__init__()
         self.empty_per_occupied = empty_per_occupied
+        self.reduce = nn.Linear(in_channels, reduced)
         self.mlp = nn.Sequential(
-            nn.Linear(in_channels * 27 + 6, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+            nn.Linear(reduced * 27 + 6, hidden), nn.LayerNorm(hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, features, coords, spatial_shape, queries, full_shape) -> torch.Tensor:
         """Logits ``(Q,)`` at full-resolution query cells ``queries (Q, 4)`` ``[b, z, y, x]``."""
-        gathered, offset = gather_coarse(features, coords, spatial_shape, queries, full_shape, radius=1)
+        gathered, offset = gather_coarse(self.reduce(features), coords, spatial_shape, queries, full_shape, radius=1)
         fine = queries[:, 1:].float() / torch.tensor(full_shape, device=queries.device)
         return self.mlp(torch.cat([gathered, offset, fine], dim=1)).squeeze(1)
 

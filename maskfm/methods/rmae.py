@@ -1,0 +1,107 @@
+"""R-MAE: radially masked occupancy pretraining for LiDAR (Tayebati et al., 2024).
+
+As the released code: voxels of a sweep (MeanVFE features) are masked by whole azimuth
+sectors (:class:`~maskfm.masking.RadialMasker`, 90 % of the sectors hidden), OpenPCDet's
+``VoxelBackBone8x`` encodes the visible voxels with sparse convolutions, and a decoder
+predicts the occupancy of the **full** voxel grid (every occupied voxel, hidden or
+visible, is a positive), trained with binary cross-entropy over all cells.
+
+``decoder="sparse"`` (default) reaches that objective without materialising the grid (see
+:mod:`maskfm.nn.occupancy`); ``decoder="dense"`` is the released ``ConvTranspose3d`` decoder.
+
+Coordinates: ``voxel_coords`` are ``[b, z, y, x]`` indices of a grid with
+``point_cloud_range`` (x_min, y_min, z_min, x_max, y_max, z_max) and ``voxel_size`` (x, y, z);
+the sensor is at the metric origin.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from maskfm.masking import RadialMasker
+from maskfm.methods.output import MaskedModelingOutput
+from maskfm.nn.occupancy import DenseOccupancyDecoder, SparseOccupancyDecoder, gather_coarse
+
+DECODERS = ("sparse", "dense")
+
+
+def sparse_shape_of(point_cloud_range, voxel_size) -> tuple[int, int, int]:
+    """OpenPCDet's ``grid_size[::-1] + [1, 0, 0]``: (z + 1, y, x) voxels."""
+    lo, hi = torch.tensor(point_cloud_range[:3]), torch.tensor(point_cloud_range[3:])
+    grid = ((hi - lo) / torch.tensor(voxel_size)).round().long().tolist()  # x, y, z
+    return grid[2] + 1, grid[1], grid[0]
+
+
+class RMAE(nn.Module):
+    """Radial-MAE with a sparse voxel backbone.
+
+    Args:
+        masker: a masker with ``mask_voxels(positions, batch_idx, batch_size, generator)``;
+            default radial, ratio 0.9, 1° sectors.
+        in_channels: point features per voxel (x, y, z, intensity = 4).
+        point_cloud_range, voxel_size: the voxel grid (KITTI's by default).
+        backbone: ``plain`` (VoxelBackBone8x) or ``residual`` (VoxelResBackBone8x).
+        decoder: ``sparse`` or ``dense`` (see the module docstring).
+        empty_per_occupied: sparse decoder only, sampled empty cells per occupied voxel.
+    """
+
+    def __init__(
+        self,
+        masker=None,
+        in_channels: int = 4,
+        point_cloud_range=(0.0, -40.0, -3.0, 70.4, 40.0, 1.0),
+        voxel_size=(0.05, 0.05, 0.1),
+        backbone: str = "plain",
+        decoder: str = "sparse",
+        empty_per_occupied: float = 2.0,
+    ) -> None:
+        super().__init__()
+        from maskfm.nn.sparse_backbone import VoxelBackBone8x, VoxelResBackBone8x
+
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.masker = masker if masker is not None else RadialMasker(0.9, sector_deg=1.0)
+        if not hasattr(self.masker, "mask_voxels"):
+            raise ValueError(f"R-MAE masks a flat voxel list; {self.masker!r} has no mask_voxels()")
+        self.register_buffer("pc_min", torch.tensor(point_cloud_range[:3], dtype=torch.float32), persistent=False)
+        self.register_buffer("voxel", torch.tensor(voxel_size, dtype=torch.float32), persistent=False)
+        self.sparse_shape = sparse_shape_of(point_cloud_range, voxel_size)
+        backbones = {"plain": VoxelBackBone8x, "residual": VoxelResBackBone8x}
+        if backbone not in backbones:
+            raise ValueError(f"backbone must be one of {list(backbones)}, got {backbone!r}")
+        self.encoder = backbones[backbone](in_channels, self.sparse_shape)
+        self.decoder_kind = decoder
+        self.decoder = (SparseOccupancyDecoder(self.encoder.num_point_features, empty_per_occupied=empty_per_occupied)
+                        if decoder == "sparse" else DenseOccupancyDecoder(self.encoder.num_point_features))
+
+    def voxel_centers(self, coords: torch.Tensor) -> torch.Tensor:
+        """Metric ``(x, y, z)`` centres of ``[b, z, y, x]`` voxels, sensor at the origin."""
+        zyx = coords[:, 1:].float()
+        return self.pc_min + (zyx.flip(1) + 0.5) * self.voxel
+
+    def encode(self, batch: dict, keep: torch.Tensor | None = None) -> dict:
+        feats, coords = batch["voxel_features"], batch["voxel_coords"]
+        if keep is not None:
+            feats, coords = feats[keep], coords[keep]
+        return self.encoder(feats, coords.int(), int(batch["batch_size"]))
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+        coords, batch_size = batch["voxel_coords"], int(batch["batch_size"])
+        hidden = self.masker.mask_voxels(self.voxel_centers(coords), coords[:, 0].long(), batch_size, generator)
+        encoded = self.encode(batch, keep=~hidden)["encoded"]
+        args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape), coords, batch_size, self.sparse_shape)
+        loss = (self.decoder.loss(*args, generator=generator) if self.decoder_kind == "sparse"
+                else self.decoder.loss(*args))
+        return MaskedModelingOutput(loss=loss, parts={"occupancy": loss}, mask=hidden,
+                                    extras={"visible_fraction": (~hidden).float().mean()})
+
+    @torch.no_grad()
+    def features(self, batch: dict) -> torch.Tensor:
+        """``(V, C)`` per-voxel features of the un-masked sweep: every backbone stage, gathered
+        at each input voxel (16 + 32 + 64 + 64 + 128 channels for VoxelBackBone8x)."""
+        out = self.encode(batch)
+        coords = batch["voxel_coords"].long()
+        stages = [*out["multi_scale"].values(), out["encoded"]]
+        return torch.cat([gather_coarse(s.features, s.indices, tuple(s.spatial_shape), coords, self.sparse_shape)[0]
+                          for s in stages], dim=1)
