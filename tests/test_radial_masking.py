@@ -114,3 +114,12 @@ def test_radial_masker_refuses_grid_layouts_and_bad_arguments():
         RadialMasker(0.9, mode="corner")
     with pytest.raises(ValueError, match="sector_deg"):
         radial_mask(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 1, sector_deg=0)
+
+
+def test_released_range_bands_are_in_grid_index_units():
+    from maskfm.masking.radial import grid_index_distance
+
+    pos = torch.tensor([[1.0, 0.0, 0.0], [20.0, 0.0, 0.0]])
+    # KITTI grid corner (0, -40), 0.05 m voxels: y_idx = 800 for y = 0, so both are "far" (>50)
+    d = grid_index_distance(pos, (0.0, -40.0), (0.05, 0.05))
+    assert d.min() > 50 and torch.allclose(d, torch.tensor([(20**2 + 800**2) ** 0.5, (400**2 + 800**2) ** 0.5]))

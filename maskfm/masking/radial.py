@@ -13,7 +13,9 @@ random voxels are kept instead.
 
 ``range_aware=True`` (Radial_MAE_ra, but in metres from the sensor as the paper intends):
 inside each kept sector, voxels within 30 m / 30-50 m / beyond 50 m are kept with
-probability ``1 - ratio``, ``1 - ratio + 0.2``, ``1 - ratio + 0.4``.
+probability ``1 - ratio``, ``1 - ratio + 0.2``, ``1 - ratio + 0.4``. With
+``mode="released"`` the bands are measured as the released code does, in voxel-index units
+from the grid corner (so on real grids every voxel falls in the far band).
 
 Functional core on a flat voxel list (``positions (V, 3)``, ``batch_idx (V,)``) plus a
 :class:`Masker` for any ``points3d`` :class:`TokenLayout`.
@@ -99,7 +101,11 @@ def radial_mask(
     else:
         kept = released_keep(positions, num_sectors, sector_deg, keep_ratio, generator, grid_min, voxel_size)
     if range_aware:
-        kept &= range_band_keep(positions, keep_ratio, generator)
+        if mode == "released":  # Radial_MAE_ra: voxel-index units from the grid corner (its bug)
+            distance = grid_index_distance(positions, grid_min, voxel_size)
+        else:
+            distance = positions[:, :2].norm(dim=1)
+        kept &= range_band_keep(distance, keep_ratio, generator)
     return ~kept
 
 
@@ -123,12 +129,19 @@ def released_keep(positions, num_sectors, sector_deg, keep_ratio, generator, gri
     return kept
 
 
-def range_band_keep(positions: torch.Tensor, keep_ratio: float, generator) -> torch.Tensor:
-    """Keep each token with probability ``keep_ratio + bonus(range band)``, range in metres."""
-    dist = positions[:, :2].norm(dim=1)
-    band = torch.bucketize(dist, torch.tensor(RANGE_BANDS_M, device=positions.device))
-    keep_p = (keep_ratio + torch.tensor(RANGE_KEEP_BONUS, device=positions.device)[band]).clamp(max=1.0)
-    return torch.rand(dist.shape, generator=generator, device=positions.device) < keep_p
+def grid_index_distance(positions: torch.Tensor, grid_min, voxel_size) -> torch.Tensor:
+    """``sqrt(x_idx^2 + y_idx^2)`` in voxel-index units from the grid's min corner (released code)."""
+    x_idx = ((positions[:, 0] - grid_min[0]) / voxel_size[0]).floor()
+    y_idx = ((positions[:, 1] - grid_min[1]) / voxel_size[1]).floor()
+    return torch.sqrt(x_idx**2 + y_idx**2)
+
+
+def range_band_keep(distance: torch.Tensor, keep_ratio: float, generator) -> torch.Tensor:
+    """Keep each token with probability ``keep_ratio + bonus(band)``; bands at 30 / 50 (metres,
+    or index units in the released mode)."""
+    band = torch.bucketize(distance, torch.tensor(RANGE_BANDS_M, device=distance.device))
+    keep_p = (keep_ratio + torch.tensor(RANGE_KEEP_BONUS, device=distance.device)[band]).clamp(max=1.0)
+    return torch.rand(distance.shape, generator=generator, device=distance.device) < keep_p
 
 
 class RadialMasker(Masker):
