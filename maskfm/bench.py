@@ -389,7 +389,7 @@ def _bench(cfg: DictConfig) -> dict[str, Any]:
     rss_at_start = peak_rss_mib()
 
     # One real batch from the real training loader.
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     if hasattr(datamodule, "setup"):
         datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))

@@ -95,7 +95,7 @@ def evaluate(cfg: DictConfig) -> dict:
         return result
     if cfg.eval.name != "svm":
         raise ValueError(f"unknown evaluation {cfg.eval.name!r}; available: svm, voxel_probe")
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     train_loader, test_loader = datamodule.eval_dataloaders()
     train_x, train_y = extract_features(model, train_loader, cfg.eval.pooling, device)
     test_x, test_y = extract_features(model, test_loader, cfg.eval.pooling, device)
@@ -119,7 +119,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def voxel_probe(cfg: DictConfig, model, device) -> dict:
     """Linear per-voxel probe of frozen features (LiDAR methods)."""
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     train_loader, test_loader = datamodule.eval_dataloaders()
     names = list(getattr(datamodule, "class_names", [])) or None
     k = len(names) if names else int(cfg.eval.num_classes)

@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     output_dir = Path(cfg.paths.output_dir)
     save_run_config(cfg, output_dir)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     system = build_system(cfg)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))

@@ -56,3 +56,15 @@ def test_voxel_centres_are_metric_and_features_cover_every_voxel(batch):
     assert torch.allclose(centers[:, 2], -3.0 + (coords[:, 1].float() + 0.5) * 0.1)
     feats = model.features(batch)
     assert feats.shape == (len(coords), 16 + 32 + 64 + 64 + 128)
+
+
+def test_rmae_checkpoint_loads_with_weights_only(compose_train, tmp_path):
+    from maskfm.train import train
+
+    cfg = compose_train(["+experiment=rmae", "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
+                         "data.voxel_size=[0.8,0.8,0.1]", "data.num_train=2", "data.num_val=2",
+                         "trainer.max_steps=1", "logger=none"])
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1
+    assert ckpt["datamodule_hyper_parameters"]["voxel_size"] == [0.8, 0.8, 0.1]
