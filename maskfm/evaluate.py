@@ -85,16 +85,19 @@ def evaluate(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.eval.device != "cpu" else "cpu")
     model.to(device).eval()
 
-    if cfg.eval.name == "voxel_probe":
-        result = {**voxel_probe(cfg, model, device), "run_name": cfg.run_name, **info}
-        (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
-        print(f"voxel probe: test mIoU {result['miou']:.2f} %, accuracy {result['accuracy']:.2f} % "
-              f"({result['num_train_voxels']} train / {result['num_test_voxels']} test voxels), "
-              f"checkpoint {info['checkpoint']}")
-        print(f"wrote {output_dir / 'eval.json'}")
-        return result
-    if cfg.eval.name != "svm":
-        raise ValueError(f"unknown evaluation {cfg.eval.name!r}; available: svm, voxel_probe")
+    protocols = {"svm": linear_svm, "voxel_probe": voxel_probe}
+    if cfg.eval.name not in protocols:
+        raise ValueError(f"unknown evaluation {cfg.eval.name!r}; available: {', '.join(protocols)}")
+    result, summary = protocols[cfg.eval.name](cfg, model, device)
+    result = {**result, "run_name": cfg.run_name, **info}
+    (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    print(f"{summary}, checkpoint {info['checkpoint']}")
+    print(f"wrote {output_dir / 'eval.json'}")
+    return result
+
+
+def linear_svm(cfg: DictConfig, model, device) -> tuple[dict, str]:
+    """Linear SVM on pooled frozen features (point methods)."""
     datamodule = instantiate(cfg.data, _convert_="all")
     train_loader, test_loader = datamodule.eval_dataloaders()
     train_x, train_y = extract_features(model, train_loader, cfg.eval.pooling, device)
@@ -107,17 +110,14 @@ def evaluate(cfg: DictConfig) -> dict:
         "feature_dim": int(train_x.shape[1]), "pooling": cfg.eval.pooling, "C": cfg.eval.C,
         "standardize": cfg.eval.standardize,
         "data": cfg.data._target_.rsplit(".", 1)[-1], "dataset": cfg.data.get("dataset"),
-        "run_name": cfg.run_name, **info,
     }
-    (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    print(f"linear SVM on {result['dataset'] or result['data']}: test accuracy "
-          f"{scores['accuracy']:.2f} % (train {scores['train_accuracy']:.2f} %), "
-          f"{result['num_train']} train / {result['num_test']} test, checkpoint {info['checkpoint']}")
-    print(f"wrote {output_dir / 'eval.json'}")
-    return result
+    summary = (f"linear SVM on {result['dataset'] or result['data']}: test accuracy "
+               f"{scores['accuracy']:.2f} % (train {scores['train_accuracy']:.2f} %), "
+               f"{result['num_train']} train / {result['num_test']} test")
+    return result, summary
 
 
-def voxel_probe(cfg: DictConfig, model, device) -> dict:
+def voxel_probe(cfg: DictConfig, model, device) -> tuple[dict, str]:
     """Linear per-voxel probe of frozen features (LiDAR methods)."""
     datamodule = instantiate(cfg.data, _convert_="all")
     train_loader, test_loader = datamodule.eval_dataloaders()
@@ -127,8 +127,11 @@ def voxel_probe(cfg: DictConfig, model, device) -> dict:
     predict = train_linear_probe(x, y, k, cfg.eval.epochs, cfg.eval.lr, cfg.seed or 0)
     xt, yt = extract_voxel_features(model, test_loader, k, device)
     scores = segmentation_scores(predict(xt), yt, k, names)
-    return {"eval": "voxel_probe", **scores, "num_train_voxels": len(y), "num_test_voxels": len(yt),
-            "feature_dim": int(x.shape[1])}
+    result = {"eval": "voxel_probe", **scores, "num_train_voxels": len(y), "num_test_voxels": len(yt),
+              "feature_dim": int(x.shape[1])}
+    summary = (f"voxel probe: test mIoU {scores['miou']:.2f} %, accuracy {scores['accuracy']:.2f} % "
+               f"({len(y)} train / {len(yt)} test voxels)")
+    return result, summary
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

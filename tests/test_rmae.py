@@ -68,3 +68,18 @@ def test_rmae_checkpoint_loads_with_weights_only(compose_train, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1
     assert ckpt["datamodule_hyper_parameters"]["voxel_size"] == [0.8, 0.8, 0.1]
+
+
+def test_voxel_probe_evaluation_writes_eval_json(compose_train, tmp_path):
+    import json
+
+    from maskfm.evaluate import evaluate
+
+    cfg = compose_train(["+experiment=rmae", "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
+                         "data.voxel_size=[0.8,0.8,0.1]", "data.num_train=2", "data.num_val=2",
+                         "eval=voxel_probe", "eval.epochs=5"], config_name="evaluate")
+    result = evaluate(cfg)
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert saved["eval"] == "voxel_probe" and saved["checkpoint"] is None
+    assert 0 <= saved["miou"] <= 100 and saved["num_test_voxels"] > 0
+    assert set(saved["iou"]) <= {"ground", "car", "building", "pole"} and result["feature_dim"] == 304

@@ -15,6 +15,7 @@ class LoaderDataModule(L.LightningDataModule):
     pin_memory: bool = False
     train_set: Dataset | None = None
     val_set: Dataset | None = None
+    collate_fn = None  # a DataLoader collate function; None = torch's default
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
@@ -25,6 +26,7 @@ class LoaderDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

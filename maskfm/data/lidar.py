@@ -604,6 +604,8 @@ class LidarDataModule(LoaderDataModule):
     either. ``batch_size`` is per device; ``batch["batch_size"]`` is a Python int.
     """
 
+    collate_fn = staticmethod(collate_lidar)
+
     def __init__(
         self,
         dataset: str = "synthetic",
@@ -686,18 +688,6 @@ class LidarDataModule(LoaderDataModule):
         if self.train_set is None:
             self.train_set = self._make(self.hparams.train_split, train=True)
             self.val_set = self._make(self.hparams.val_split, train=False)
-
-    def loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_lidar,
-        )
 
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """(train, val) loaders: unshuffled, no augmentation or point shuffling, test limits."""
