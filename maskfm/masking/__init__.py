@@ -12,6 +12,7 @@ from maskfm.masking.ops import (
 )
 from maskfm.masking.radial import RadialMasker, radial_mask
 from maskfm.masking.random import RandomMasker
+from maskfm.masking.text import WholeWordMasker, mlm_corrupt, whole_word_mask
 
 __all__ = [
     "GRID_2D",
@@ -23,11 +24,14 @@ __all__ = [
     "RadialMasker",
     "RandomMasker",
     "TokenLayout",
+    "WholeWordMasker",
     "gather_tokens",
     "mask_from_scores",
     "mask_indices",
+    "mlm_corrupt",
     "num_hidden",
     "radial_mask",
     "restore_order",
     "scatter_tokens",
+    "whole_word_mask",
 ]

@@ -27,12 +27,15 @@ class TokenLayout:
             ``points3d``: metric ``(x, y, z)``; ``sequence``: ``(index,)``.
         valid: ``(B, N)`` bool tensor, True for real tokens, False for padding.
         grid_size: ``(rows, cols)`` for ``grid2d`` layouts, else None.
+        groups: optional ``(B, N)`` long tensor; tokens with the same id in a sample belong to
+            one unit that is hidden as a whole (e.g. the sub-tokens of a word); -1 = none.
     """
 
     kind: str
     positions: torch.Tensor
     valid: torch.Tensor
     grid_size: tuple[int, int] | None = None
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LAYOUT_KINDS:
@@ -78,8 +81,12 @@ class TokenLayout:
         return cls(POINTS_3D, centers.float(), valid)
 
     @classmethod
-    def sequence(cls, valid: torch.Tensor) -> TokenLayout:
-        """Layout of a token sequence; ``valid: (B, N)`` is False at padding/special tokens."""
+    def sequence(cls, valid: torch.Tensor, word_ids: torch.Tensor | None = None) -> TokenLayout:
+        """Layout of a token sequence; ``valid: (B, N)`` is False at padding/special tokens.
+
+        ``word_ids: (B, N)`` (a fast tokenizer's ``word_ids()``, -1 for special/padding tokens)
+        groups sub-tokens into words for whole-word masking.
+        """
         b, n = valid.shape
         pos = torch.arange(n, device=valid.device, dtype=torch.float32).view(1, n, 1)
-        return cls(SEQUENCE, pos.expand(b, -1, -1), valid)
+        return cls(SEQUENCE, pos.expand(b, -1, -1), valid, groups=word_ids)
