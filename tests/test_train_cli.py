@@ -24,6 +24,7 @@ SMALL_RUN = [
     "optim.warmup_epochs=0.5",
     "callbacks.reconstructions.every_n_steps=4",
     "callbacks.progress.force=lines",
+    "callbacks.model_checkpoint.every_n_epochs=1",
     "seed=3",
 ]
 
