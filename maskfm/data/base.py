@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LoaderDataModule(L.LightningDataModule):
@@ -36,3 +43,38 @@ class LoaderDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         self.setup("fit")
         return self.loader(self.val_set, train=False)
+
+
+def load_or_skip(
+    idx: int,
+    num_items: int,
+    load: Callable[[int], T],
+    bad: set[int],
+    skip_corrupt: bool,
+    errors: tuple[type[Exception], ...],
+    what: str,
+    exhausted: type[Exception],
+) -> tuple[int, T, int]:
+    """Load item ``idx``, or with ``skip_corrupt`` the next usable one (wrapping around).
+
+    Every dataset with a ``data.skip_corrupt`` option walks its items this way: an item whose
+    ``load`` raises one of ``errors`` is re-raised (naming the file or record), or, when
+    skipping, remembered in ``bad`` (per process), logged and counted.
+
+    Returns ``(index loaded, loaded value, number of items skipped to reach it)``.
+    """
+    if not -num_items <= idx < num_items:
+        raise IndexError(f"index {idx} out of range for {num_items} {what}")
+    idx %= num_items
+    for skipped in range(num_items):
+        j = (idx + skipped) % num_items
+        if j in bad:
+            continue
+        try:
+            return j, load(j), skipped
+        except errors as e:
+            if not skip_corrupt:
+                raise
+            bad.add(j)
+            log.warning("skipping an unusable item of %s: %s", what, e)
+    raise exhausted(f"none of the {num_items} {what} is usable")

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
-from maskfm.data.base import LoaderDataModule
+from maskfm.data.base import LoaderDataModule, load_or_skip
 from maskfm.data.caption_scenes import GROUNDED_KINDS, render_scene, sample_scene
 
 log = logging.getLogger(__name__)
@@ -342,36 +342,24 @@ class _RecordDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} captions")
-        idx %= n
-        for skipped in range(n):
-            j = (idx + skipped) % n
-            if j in self._bad:
-                continue
-            try:
-                img, caption, record = self.load(j)
-            except CaptionRecordError as e:
-                if not self.skip_corrupt:
-                    raise
-                self._bad.add(j)
-                log.warning("skipping caption record: %s", e)
-                continue
-            out = {
-                "image": self.transform(img),
-                "caption": caption,
-                "spans": [],
-                "record": record,
-                "skipped": skipped,
-            }
-            if self.encoder is not None:
-                out.update(self.encoder(caption))
-                if out["truncated"]:
-                    self.num_truncated += 1
-                    log.debug("%s: caption truncated to %d tokens", record, self.encoder.max_len)
-            return out
-        raise CaptionRecordError(f"none of the {n} caption records could be used")
+        _, (img, caption, record), skipped = load_or_skip(
+            idx, len(self), self.load, self._bad, self.skip_corrupt, (CaptionRecordError,),
+            "caption records", CaptionRecordError,
+        )
+        out = {
+            "image": self.transform(img),
+            "caption": caption,
+            "spans": [],
+            "record": record,
+            "skipped": skipped,
+        }
+        if self.encoder is not None:
+            out.update(self.encoder(caption))
+            if out["truncated"]:
+                self.num_truncated += 1
+                log.debug("%s: caption truncated to %d tokens", record, self.encoder.max_len)
+        return out
+
 
 
 def _check_caption(caption: Any, where: str) -> str:

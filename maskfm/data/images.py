@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from maskfm.data.base import LoaderDataModule
+from maskfm.data.base import LoaderDataModule, load_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -357,24 +357,11 @@ class ImageFolderDataset(Dataset):
             raise CorruptImageError(f"cannot decode image '{path}': {type(e).__name__}: {e}") from e
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        n = len(self.samples)
-        if not -n <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} images under '{self.root}'")
-        idx %= n
-        for skipped in range(n):
-            j = (idx + skipped) % n
-            if j in self._corrupt:
-                continue
-            try:
-                img = self.load(j)
-            except CorruptImageError as e:
-                if not self.skip_corrupt:
-                    raise
-                self._corrupt.add(j)
-                log.warning("skipping corrupt image %s (%s)", self.samples[j][0], e.__cause__)
-                continue
-            return {"image": self.transform(img), "label": self.samples[j][1], "skipped": skipped}
-        raise CorruptImageError(f"none of the {n} images under '{self.root}' could be decoded")
+        j, img, skipped = load_or_skip(
+            idx, len(self.samples), self.load, self._corrupt, self.skip_corrupt,
+            (CorruptImageError,), f"images under '{self.root}'", CorruptImageError,
+        )
+        return {"image": self.transform(img), "label": self.samples[j][1], "skipped": skipped}
 
 
 # --------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from maskfm.data.base import LoaderDataModule
+from maskfm.data.base import LoaderDataModule, load_or_skip
 from maskfm.data.lidar_scenes import LABEL_NAMES, LidarSensor, make_street_scene, simulate_sweep
 from maskfm.data.points import CorruptPointCloudError
 from maskfm.tokens.voxelize import PRESETS, VoxelGrid, Voxels, batch_voxels, voxelize
@@ -234,26 +234,18 @@ class _LidarDataset(Dataset):
                 f"{list(self.grid.point_cloud_range)} of the {self.grid.name!r} grid"
             )
 
+    def _load_checked(self, idx: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+        points, labels, name = self._load(idx)
+        self._check(points, name)
+        return points, labels, name
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} sweeps of {self._describe()}")
-        idx %= n
-        for skipped in range(n):
-            j = (idx + skipped) % n
-            if j in self._bad:
-                continue
-            try:
-                points, labels, name = self._load(j)
-                self._check(points, name)
-            except (CorruptPointCloudError, FileNotFoundError) as e:
-                if not self.skip_corrupt:
-                    raise
-                self._bad.add(j)
-                log.warning("skipping unusable LiDAR sweep: %s", e)
-                continue
-            return self._sample(points, labels, name, skipped)
-        raise CorruptPointCloudError(f"none of the {n} sweeps of {self._describe()} is usable")
+        _, (points, labels, name), skipped = load_or_skip(
+            idx, len(self), self._load_checked, self._bad, self.skip_corrupt,
+            (CorruptPointCloudError, FileNotFoundError), f"sweeps of {self._describe()}",
+            CorruptPointCloudError,
+        )
+        return self._sample(points, labels, name, skipped)
 
     def _sample(
         self, points: np.ndarray, labels: np.ndarray | None, name: str, skipped: int

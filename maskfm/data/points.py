@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from maskfm.data.base import LoaderDataModule
+from maskfm.data.base import LoaderDataModule, load_or_skip
 from maskfm.data.synthetic_shapes import CLASSES, SyntheticShapes3D, sample_shape
 
 log = logging.getLogger(__name__)
@@ -307,26 +307,12 @@ class _PointCloudDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} point clouds of {self._describe()}")
-        idx %= n
-        for skipped in range(n):
-            j = (idx + skipped) % n
-            if j in self._bad:
-                continue
-            try:
-                points, label = self._load(j)
-            except (CorruptPointCloudError, FileNotFoundError) as e:
-                if not self.skip_corrupt:
-                    raise
-                self._bad.add(j)
-                log.warning("skipping unusable point cloud: %s", e)
-                continue
-            return {"points": torch.from_numpy(points), "label": int(label), "skipped": skipped}
-        raise CorruptPointCloudError(
-            f"none of the {n} point clouds of {self._describe()} is usable"
+        _, (points, label), skipped = load_or_skip(
+            idx, len(self), self._load, self._bad, self.skip_corrupt,
+            (CorruptPointCloudError, FileNotFoundError), f"point clouds of {self._describe()}",
+            CorruptPointCloudError,
         )
+        return {"points": torch.from_numpy(points), "label": int(label), "skipped": skipped}
 
 
 # --------------------------------------------------------------------------------------
