@@ -3,19 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,lidar
+EXTRAS ?= dev,lidar,slurm
 ARGS   ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint bench clean clean-runs
+.PHONY: help install train test test-fast lint bench slurm-up clean clean-runs
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  Extra Hydra overrides: make train ARGS='trainer.max_epochs=2 seed=1'"
 
-# Re-installs when pyproject.toml changes (the stamp is older) or .venv is missing.
-$(STAMP): pyproject.toml
+# Re-installs when pyproject.toml or EXTRAS (this file) change, or .venv is missing.
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maskfm needs Python >= 3.10, found " + sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -35,6 +35,9 @@ test-fast: $(STAMP)  ## Run the tests that start no training subprocess
 
 bench: $(STAMP)  ## Benchmark the MAE train step and encoder speed-up
 	$(PY) -m maskfm.bench +experiment=mae $(ARGS)
+
+slurm-up:  ## Start a one-node SLURM cluster for tests/test_slurm.py (root, Debian; idempotent)
+	bash .ci/slurm/start.sh
 
 lint: $(STAMP)  ## Lint with ruff
 	$(PY) -m ruff check maskfm tests

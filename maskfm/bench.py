@@ -398,7 +398,7 @@ def _bench(cfg: DictConfig) -> dict[str, Any]:
         batch = resize_batch(batch, batch_size)
     batch = to_device(batch, device)
 
-    system = build_system(cfg)
+    system = build_system(cfg, datamodule)
     model = system.model.to(device).train()
 
     results: dict[str, Any] = {

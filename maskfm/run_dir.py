@@ -1,7 +1,8 @@
 """Run directories that never collide, and finding the run that ``ckpt_path=last`` resumes.
 
-Runs live in ``<base>/<YYYY-mm-dd_HH-MM-SS_ffffff>``. The directory is claimed with an atomic
-``mkdir``, so two runs started in the same microsecond still get two directories.
+Runs live in ``<base>/<YYYY-mm-dd_HH-MM-SS_ffffff>``, sweeps (``-m``) in
+``<base>/multirun_<YYYY-mm-dd_HH-MM-SS_ffffff>/<job number>``. The directory is claimed with an
+atomic ``mkdir``, so two runs started in the same microsecond still get two directories.
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 _CHOSEN: dict[tuple[str, str], str] = {}
 
 
-def new_run_dir(base: str | Path) -> Path:
+def new_run_dir(base: str | Path, prefix: str = "") -> Path:
     """Create and return a fresh, uniquely named directory under ``base``."""
     base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    stamp = prefix + datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     for attempt in range(1000):
         path = base / (stamp if attempt == 0 else f"{stamp}-{attempt}")
         try:
@@ -74,10 +77,58 @@ def resolve_run_dir(base: str, ckpt_path: str | None = None) -> str:
     return _CHOSEN[key]
 
 
+def resolve_sweep_dir(base: str) -> str:
+    """A new ``multirun_<timestamp>`` directory under ``base`` for a sweep (memoised per process).
+
+    Registered with ``use_cache=True``: Hydra copies the cached value from the submitting
+    process into every job of the sweep (``OmegaConf.copy_cache``), so jobs, and a job that SLURM
+    requeues, find the directory the sweep claimed instead of claiming a new one.
+    """
+    key = (str(base), "multirun")
+    if key not in _CHOSEN:
+        _CHOSEN[key] = str(new_run_dir(base, prefix="multirun_"))
+    return _CHOSEN[key]
+
+
+class HydraConfigForSweeps(Callback):
+    """Make ``${hydra:...}`` resolvable in the submitting process of a sweep (``-m``).
+
+    Hydra sets its ``HydraConfig`` for each job, but not while the sweeper resolves
+    ``hydra.sweep.dir`` in the submitting process; ``paths.log_dir`` is
+    ``${hydra:runtime.cwd}/runs``, so without this every sweep fails with "HydraConfig was
+    not set". Listed in conf/hydra/default.yaml (``hydra.callbacks``).
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)
+
+
 def register_resolvers() -> None:
-    """Register ``${maskfm_run_dir:base,ckpt_path}`` for the Hydra configs."""
-    if not OmegaConf.has_resolver("maskfm_run_dir"):
-        OmegaConf.register_new_resolver("maskfm_run_dir", resolve_run_dir)
+    """Register the resolvers the Hydra configs use.
+
+    ``${maskfm_run_dir:base,ckpt_path}`` and ``${maskfm_sweep_dir:base}`` (conf/hydra/default.yaml);
+    ``${maskfm_slurm_tasks:devices}`` and ``${maskfm_slurm_gpus:accelerator,devices}``
+    (conf/launcher/slurm.yaml).
+    """
+    from maskfm.slurm import gpus_per_node, tasks_per_node
+
+    resolvers = {
+        "maskfm_run_dir": (resolve_run_dir, False),
+        "maskfm_sweep_dir": (resolve_sweep_dir, True),
+        "maskfm_slurm_tasks": (tasks_per_node, False),
+        "maskfm_slurm_gpus": (gpus_per_node, False),
+    }
+    for name, (resolver, use_cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=use_cache)
 
 
-__all__ = ["latest_checkpoint", "latest_run_with_checkpoint", "new_run_dir", "register_resolvers", "resolve_run_dir"]
+__all__ = [
+    "HydraConfigForSweeps",
+    "latest_checkpoint",
+    "latest_run_with_checkpoint",
+    "new_run_dir",
+    "register_resolvers",
+    "resolve_run_dir",
+    "resolve_sweep_dir",
+]

@@ -23,6 +23,7 @@ from maskfm.callbacks import AtomicCheckpointIO
 from maskfm.config import CONFIG_DIR, print_config_tree
 from maskfm.methods import MaskedPretrainer
 from maskfm.run_dir import latest_checkpoint, register_resolvers
+from maskfm.slurm import cluster_plugins, requeue_callback, restart_count, slurm_job_id
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -35,16 +36,30 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def build_system(cfg: DictConfig) -> MaskedPretrainer:
-    """Method (masker + model) wrapped in the shared pretrainer."""
+def build_system(cfg: DictConfig, datamodule=None) -> MaskedPretrainer:
+    """Method (masker + model) wrapped in the shared pretrainer.
+
+    A datamodule that knows facts the model needs (a text vocabulary: ``vocab_size``,
+    ``pad_token_id``...) exposes them as ``model_inputs() -> dict``; they are passed to the
+    model's constructor.
+    """
     masker = instantiate(cfg.masking)
     log.info("Instantiating method <%s> with %s", cfg.model._target_, masker)
-    model = instantiate(cfg.model, masker=masker)
+    from_data = datamodule.model_inputs() if hasattr(datamodule, "model_inputs") else {}
+    model = instantiate(cfg.model, masker=masker, **from_data)
     return MaskedPretrainer(model, mask_seed=cfg.seed or 0, **instantiate(cfg.optim, _convert_="all"))
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint to resume from: ``last`` means this run directory's newest checkpoint."""
+    """The checkpoint to resume from: ``last`` means this run directory's newest checkpoint.
+
+    A SLURM job that was requeued (time limit, preemption, node failure) resumes from the newest
+    checkpoint of its own run directory, whatever ``ckpt_path`` says: it reruns the command it
+    was submitted with, and has progressed since.
+    """
+    if restart_count() > 0 and (own := latest_checkpoint(output_dir)) is not None:
+        log.info("SLURM job %s was requeued (restart %d): resuming from %s", slurm_job_id(), restart_count(), own)
+        return str(own)
     if cfg.ckpt_path in (None, ""):
         return None
     if cfg.ckpt_path == "last":
@@ -60,6 +75,36 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(path)
 
 
+def log_file_on_rank_zero_only() -> None:
+    """Ranks > 0 of a data-parallel run (re-run by Lightning's DDP launcher, or started by
+    srun) share rank 0's run directory: they keep logging to the console but not to its log
+    file, so ``train.log`` holds each line once."""
+    if rank_zero_only.rank == 0:
+        return
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+# Keys of the ``trainer`` group that configure maskfm, not ``lightning.Trainer``.
+MASKFM_TRAINER_KEYS = ("skip_nonfinite",)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """``lightning.Trainer`` from the ``trainer`` group, without maskfm's own keys.
+
+    Plugins the group lists (``trainer=ddp_cpu``: BatchNorm synced over gloo) are kept
+    beside the atomic checkpoint writer.
+    """
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in MASKFM_TRAINER_KEYS:
+        options.pop(key, None)
+    plugins = [instantiate(p) for p in options.pop("plugins", None) or []]
+    return instantiate(options, callbacks=callbacks, logger=loggers or False,
+                       plugins=[*plugins, AtomicCheckpointIO(), *cluster_plugins(plugins)])
+
+
 @rank_zero_only
 def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +115,7 @@ def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     """Fit ``cfg``'s method on ``cfg``'s data; returns (final metrics, built objects)."""
+    log_file_on_rank_zero_only()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
@@ -77,17 +123,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if cfg.get("torch_threads"):  # e.g. 1 for spconv's CPU kernels (see maskfm/nn/sparse_compat.py)
         torch.set_num_threads(int(cfg.torch_threads))
     output_dir = Path(cfg.paths.output_dir)
+    # First thing: from here on SLURM's time-limit signal saves and requeues instead of killing.
+    requeue = requeue_callback(cfg.get("slurm", {}).get("requeue_signal"), output_dir / "checkpoints")
     save_run_config(cfg, output_dir)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    system = build_system(cfg)
+    system = build_system(cfg, datamodule)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks")) + ([requeue] if requeue else [])
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    system.skip_nonfinite = bool(cfg.trainer.get("skip_nonfinite", False))
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
+    finally:
+        if requeue:
+            requeue.uninstall()
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     rank_zero_only(log.info)("Run directory: %s", output_dir)

@@ -171,13 +171,18 @@ def test_word_ids_follow_caption_words(kind, bpe, wordpiece):
         grounded_text = {cap[a:b] for (a, b), g in zip(e.offsets, s["grounded"], strict=True) if g}
         span_text = {cap[a:b] for a, b, _ in s["spans"]}
         assert grounded_text == span_text
+        # span_ids point every grounded token at the span (word) it belongs to
+        assert torch.equal(s["span_ids"] >= 0, s["grounded"])
+        for k, (a, b, _) in enumerate(s["spans"]):
+            offs = [o for o, sid in zip(e.offsets, s["span_ids"].tolist(), strict=True) if sid == k]
+            assert offs and cap[offs[0][0]:offs[-1][1]].strip() == cap[a:b]
 
 
 def test_tokenizer_from_local_path(tmp_path, wordpiece):
     wordpiece.save_pretrained(tmp_path / "tok")
     tok = load_tokenizer(tmp_path / "tok")
     assert tok.is_fast and tok.get_vocab() == wordpiece.get_vocab()
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor in the local Hugging Face cache"):
         load_tokenizer(tmp_path / "roberta-base")
 
 
@@ -386,6 +391,7 @@ def test_collate_keeps_lists():
         "attention_mask": torch.ones(4, dtype=torch.long),
         "word_ids": torch.full((4,), -1),
         "grounded": torch.zeros(4, dtype=torch.bool),
+        "span_ids": torch.full((4,), -1),
         "truncated": False,
         "skipped": 2,
         "caption": "x",

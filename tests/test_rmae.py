@@ -42,6 +42,23 @@ def test_rmae_step_hides_whole_sectors_and_backpropagates(batch, decoder):
     assert model.encoder.conv_input[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("decoder", ["sparse", "dense"])
+def test_reconstruction_clouds_show_the_first_sweep(batch, decoder):
+    from maskfm.callbacks.render import render_panels
+
+    model = RMAE(decoder=decoder, **SMALL).eval()
+    out = model(batch, torch.Generator().manual_seed(0))
+    clouds = model.reconstruction_clouds(batch, out)
+    first = batch["voxel_coords"][:, 0] == 0
+    centers = model.voxel_centers(batch["voxel_coords"])
+    assert torch.equal(clouds["input"][0], centers[first])
+    assert torch.equal(clouds["visible"][0], centers[first & ~out.mask])
+    recon = {tuple(p) for p in clouds["reconstruction"][0].tolist()}
+    assert recon <= {tuple(p) for p in centers[first].tolist()}  # a subset of the input voxels
+    pictures = render_panels(clouds)
+    assert {k: tuple(v.shape) for k, v in pictures.items()} == {k: (1, 3, 128, 128) for k in clouds}
+
+
 def test_dense_decoder_loss_is_bce_over_every_cell(batch):
     model = RMAE(decoder="dense", **SMALL).eval()
     out = model(batch, torch.Generator().manual_seed(0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
@@ -19,7 +20,8 @@ class ReconstructionPictures(Callback):
     The picture is a grid with one row per example and one column per panel the method
     returns from ``reconstruction_panels(batch, output)`` (for images: input, masked input,
     reconstruction, reconstruction with the visible patches pasted back) or, for point
-    clouds, from ``reconstruction_clouds(batch, output)`` drawn by ``callbacks.render``. The examples are
+    clouds, from ``reconstruction_clouds(batch, output)`` drawn by ``callbacks.render``. With a
+    W&B logger the picture is logged too, and point clouds also as 3D objects. The examples are
     the first ``num_examples`` of the first validation batch, masked with a fixed seed, so
     successive pictures are comparable.
     """
@@ -38,10 +40,13 @@ class ReconstructionPictures(Callback):
             if loader is None:
                 return None
             batch = next(iter(loader))
-            self._batch = {
-                k: v[: self.num_examples] if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()
-            }
+            if "batch_size" in batch:  # a flat list of every sample's voxels (LiDAR): keep whole
+                self._batch = batch
+            else:
+                self._batch = {
+                    k: v[: self.num_examples] if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                }
         return self._batch
 
     @rank_zero_only
@@ -69,12 +74,14 @@ class ReconstructionPictures(Callback):
         batch = {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in examples.items()}
         was_training = model.training
         model.eval()
+        clouds = None
         with torch.no_grad():
             out = pl_module(batch, generator=pl_module.mask_generator(0, stage="viz"))
             if hasattr(model, "reconstruction_panels"):
                 panels = {k: self.to_unit_range(trainer, v) for k, v in model.reconstruction_panels(batch, out).items()}
             else:  # point clouds: drawn headless
-                panels = render_panels(model.reconstruction_clouds(batch, out))
+                clouds = model.reconstruction_clouds(batch, out)
+                panels = render_panels(clouds)
         model.train(was_training)
         grid = torch.stack(list(panels.values()), dim=1)
         path = self.dirpath / self.filename(trainer.global_step)
@@ -83,11 +90,22 @@ class ReconstructionPictures(Callback):
         self.saved.append(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="reconstructions", images=[str(path)], step=trainer.global_step,
-                    caption=[" | ".join(panels)],
-                )
+                self.log_to_wandb(logger, trainer.global_step, path, list(panels), clouds)
         return path
+
+    @staticmethod
+    def log_to_wandb(logger: WandbLogger, step: int, picture: Path, names: list[str],
+                     clouds: dict[str, torch.Tensor] | None) -> None:
+        """The picture as ``reconstructions``; for point clouds also each panel of the first
+        example as a coloured ``wandb.Object3D`` (``reconstructions_3d/<panel>``), to turn
+        around in the browser."""
+        logger.log_image(key="reconstructions", images=[str(picture)], step=step, caption=[" | ".join(names)])
+        if clouds:
+            import wandb
+
+            objects = {f"reconstructions_3d/{name}": wandb.Object3D(coloured_points(cloud[0], i))
+                       for i, (name, cloud) in enumerate(clouds.items())}
+            logger.log_metrics(objects, step=step)
 
     @staticmethod
     def to_unit_range(trainer, images: torch.Tensor) -> torch.Tensor:
@@ -98,3 +116,14 @@ class ReconstructionPictures(Callback):
         if mean is not None and std is not None:
             images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         return images.clamp(0, 1)
+
+
+# input grey, visible blue, reconstruction orange, then more
+PANEL_COLOURS = ((150, 150, 150), (40, 90, 200), (230, 120, 30), (60, 160, 80), (170, 60, 160))
+
+
+def coloured_points(points: torch.Tensor, index: int) -> np.ndarray:
+    """``(P, 3)`` -> ``(P, 6)`` ``[x, y, z, r, g, b]`` (W&B's point format), one colour per panel."""
+    xyz = points.detach().float().cpu().numpy()
+    rgb = np.broadcast_to(np.asarray(PANEL_COLOURS[index % len(PANEL_COLOURS)], dtype=np.float32), xyz.shape)
+    return np.concatenate([xyz, rgb], axis=1)

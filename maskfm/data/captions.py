@@ -5,6 +5,7 @@ Three sources, one sample format::
     {"image": FloatTensor (3, S, S), "input_ids": LongTensor (L,), "attention_mask": (L,),
      "word_ids": LongTensor (L,) (-1 for special / padding tokens),
      "grounded": BoolTensor (L,) (tokens of image-grounded words; all False for real data),
+     "span_ids": LongTensor (L,) (index into "spans" of the grounded word a token belongs to, or -1),
      "truncated": bool, "skipped": int, "caption": str, "record": str}
 
 * ``SyntheticCaptions``: generated pictures + captions (:mod:`maskfm.data.caption_scenes`).
@@ -156,8 +157,8 @@ def load_tokenizer(
 ):
     """The tokenizer: a local pretrained directory, or a cached one trained on first use.
 
-    ``tokenizer``: a path to a local tokenizer directory (loaded offline with
-    ``AutoTokenizer``; must be a fast tokenizer). ``None``: train ``kind`` on ``corpus()``
+    ``tokenizer``: a local tokenizer directory or a hub name already in the local Hugging
+    Face cache (loaded offline with ``AutoTokenizer``; must be a fast tokenizer). ``None``: train ``kind`` on ``corpus()``
     (default: :func:`synthetic_corpus`) and save it to
     ``<cache_dir>/tokenizer_<kind>_<vocab>_<key>`` (``save_pretrained`` format), or load it
     from there if it exists. Without ``cache_dir`` the tokenizer is trained and not saved.
@@ -165,15 +166,18 @@ def load_tokenizer(
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if tokenizer is not None:
-        path = Path(tokenizer)
-        if not path.is_dir():
+        path = Path(tokenizer).expanduser()
+        name = str(path) if path.is_dir() else str(tokenizer)
+        try:  # a local directory, or a hub name already in the local Hugging Face cache
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError) as e:  # ValueError: not even a valid hub name
             raise FileNotFoundError(
-                f"tokenizer '{path}' is not a local directory (hub names are not downloaded; "
-                "pass a directory saved with save_pretrained, or tokenizer=null to train one)"
-            )
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                f"tokenizer '{tokenizer}' is neither a local directory nor in the local Hugging Face "
+                "cache (nothing is downloaded; pass a directory saved with save_pretrained, or "
+                "tokenizer=null to train one)"
+            ) from e
         if not tok.is_fast:
-            raise ValueError(f"tokenizer '{path}' is not a fast tokenizer (word_ids are needed)")
+            raise ValueError(f"tokenizer '{tokenizer}' is not a fast tokenizer (word_ids are needed)")
         return tok
     key = hashlib.sha1(f"{TOKENIZER_VERSION}:{corpus_key}".encode()).hexdigest()[:10]
     target = None
@@ -199,7 +203,8 @@ class TextEncoder:
     """Tokenise one caption to fixed length with the fast backend (picklable for workers).
 
     Returns ids, attention mask, word ids (-1 for special/padding), per-token grounded flags
-    (token overlaps one of the given character spans) and whether the text was truncated.
+    (token overlaps one of the given character spans), the index of that span (``span_ids``,
+    -1 for none) and whether the text was truncated.
     """
 
     def __init__(self, tokenizer, max_len: int) -> None:
@@ -220,17 +225,19 @@ class TextEncoder:
         enc = self.backend.encode(text)
         word_ids = [-1 if w is None else w for w in enc.word_ids]
         special = enc.special_tokens_mask
-        grounded = [False] * self.max_len
+        span_ids = [-1] * self.max_len
         if spans:
             for t, (a, b) in enumerate(enc.offsets):
                 if special[t] or b <= a:
                     continue
-                grounded[t] = any(a < e and s < b for s, e, _ in spans)
+                span_ids[t] = next((k for k, (s, e, _) in enumerate(spans) if a < e and s < b), -1)
+        span_ids_t = torch.tensor(span_ids, dtype=torch.long)
         return {
             "input_ids": torch.tensor(enc.ids, dtype=torch.long),
             "attention_mask": torch.tensor(enc.attention_mask, dtype=torch.long),
             "word_ids": torch.tensor(word_ids, dtype=torch.long),
-            "grounded": torch.tensor(grounded, dtype=torch.bool),
+            "grounded": span_ids_t >= 0,
+            "span_ids": span_ids_t,
             "truncated": len(enc.overflowing) > 0,
         }
 
@@ -513,7 +520,7 @@ class FolderCaptions(_RecordDataset):
 # Collate + DataModule
 # --------------------------------------------------------------------------------------
 
-_STACKED = ("image", "input_ids", "attention_mask", "word_ids", "grounded")
+_STACKED = ("image", "input_ids", "attention_mask", "word_ids", "grounded", "span_ids")
 
 
 def collate_captions(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -638,6 +645,11 @@ class CaptionDataModule(LoaderDataModule):
 
     def setup(self, stage: str | None = None) -> None:  # datasets are built in __init__
         pass
+
+    def model_inputs(self) -> dict[str, int]:
+        """What a text model must know about this tokenizer (passed to its constructor)."""
+        return {"vocab_size": self.vocab_size, "pad_token_id": self.pad_token_id,
+                "mask_token_id": self.mask_token_id}
 
     def eval_dataloaders(self):
         """(train, val) loaders without shuffling or dropping the last batch."""

@@ -139,25 +139,33 @@ class MAE(nn.Module):
 
     @torch.no_grad()
     def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
-        """Pictures in input space, each ``(B, C, H, W)``: input, masked input, reconstruction.
+        return pixel_reconstruction_panels(
+            batch["image"], out.pred, out.mask, self.patch_size, self.grid_size, self.norm_pix_loss
+        )
 
-        With ``norm_pix_loss`` the prediction is mapped back to pixels with each hidden
-        patch's own mean and std (as MAE's demo does), which leaks those two numbers per patch.
-        """
-        imgs = batch["image"]
-        target = patchify(imgs, self.patch_size)
-        pred = out.pred
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
-            pred = pred * std + mean
-        hidden = out.mask[..., None]
-        masked = torch.where(hidden, torch.zeros_like(target), target)
-        pasted = torch.where(hidden, pred, target)
-        to_img = lambda x: unpatchify(x, self.patch_size, self.grid_size)  # noqa: E731
-        return {
-            "input": imgs,
-            "masked": to_img(masked),
-            "reconstruction": to_img(pred),
-            "reconstruction+visible": to_img(pasted),
-        }
+
+@torch.no_grad()
+def pixel_reconstruction_panels(
+    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
+    grid_size: tuple[int, int], norm_pix_loss: bool,
+) -> dict[str, torch.Tensor]:
+    """Pictures in input space, each ``(B, C, H, W)``: input, masked input, reconstruction.
+
+    With ``norm_pix_loss`` the prediction is mapped back to pixels with each hidden patch's
+    own mean and std (as MAE's demo does), which leaks those two numbers per patch.
+    """
+    target = patchify(imgs, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        pred = pred * std + mean
+    hidden = mask[..., None]
+    masked = torch.where(hidden, torch.zeros_like(target), target)
+    pasted = torch.where(hidden, pred, target)
+    to_img = lambda x: unpatchify(x, patch_size, grid_size)  # noqa: E731
+    return {
+        "input": imgs,
+        "masked": to_img(masked),
+        "reconstruction": to_img(pred),
+        "reconstruction+visible": to_img(pasted),
+    }

@@ -16,6 +16,7 @@ class MaskedModelingOutput:
         parts: named loss terms for logging, e.g. ``{"recon": ...}``; logged as ``train/<name>``.
         pred: the method's prediction, e.g. ``(B, L, p*p*C)`` pixels for MAE.
         mask: ``(B, L)`` bool, True = hidden.
+        metrics: named scalars that are logged but not optimised (e.g. ``mlm_acc``).
         extras: anything a visualisation needs (targets, layouts), never used by the loop.
     """
 
@@ -23,4 +24,5 @@ class MaskedModelingOutput:
     parts: dict[str, torch.Tensor]
     pred: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -45,16 +45,37 @@ def double_mask_contrast(f1: torch.Tensor, f2: torch.Tensor, both: torch.Tensor,
     """
     if variant not in CONTRAST:
         raise ValueError(f"contrast must be one of {CONTRAST}, got {variant!r}")
-    n = both.sum()
-    if n == 0:
-        return f1.sum() * 0.0  # no token is hidden twice: nothing to align
     f1, f2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
     if variant == "paper":
-        cos = (f1 * f2).sum(dim=-1)  # [B, G]
-        return ((1.0 - cos) * both).sum() / n
-    cos = torch.bmm(f1, f2.transpose(1, 2))  # [B, G, G], all pairs
-    rows = both[:, :, None].expand_as(cos)
-    return ((1.0 - cos + 1e-8) * rows).sum() / rows.sum()
+        terms = (1.0 - (f1 * f2).sum(dim=-1)) * both  # [B, G]
+        count = both.sum()
+    else:
+        cos = torch.bmm(f1, f2.transpose(1, 2))  # [B, G, G], all pairs
+        rows = both[:, :, None].expand_as(cos)
+        terms, count = (1.0 - cos + 1e-8) * rows, rows.sum()
+    count, scale = global_count(count)
+    if count == 0:
+        return f1.sum() * 0.0  # no token is hidden twice: nothing to align
+    return terms.sum() * scale / count
+
+
+def global_count(count: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(count summed over data-parallel ranks, world size) while training; (count, 1) otherwise.
+
+    DDP averages the ranks' gradients, so a mean over the global batch is each rank's sum
+    times world size over the global count; dividing by the rank's own count would weight
+    ranks by how many tokens they happened to hide twice. Only with gradients enabled:
+    validation and pictures drawn by rank 0 alone must not wait for the others.
+    """
+    dist = torch.distributed
+    if not (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()):
+        return count, 1
+    world = dist.get_world_size()
+    if world == 1:
+        return count, 1
+    total = count.detach().clone()
+    dist.all_reduce(total)
+    return total, world
 
 
 class PointCMAE(PointMAE):

@@ -20,28 +20,45 @@ import torch
 from torch import nn
 
 from maskfm.methods.output import MaskedModelingOutput
-from maskfm.methods.schedule import warmup_cosine
+from maskfm.methods.schedule import warmup_cosine, warmup_linear
 
 log = logging.getLogger(__name__)
 
 
 
+def lr_scale_of(name: str, multipliers: dict[str, float] | None) -> float:
+    """The lr multiplier of parameter ``name``: the longest matching name prefix wins."""
+    best, scale = -1, 1.0
+    for prefix, value in (multipliers or {}).items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, scale = len(prefix), float(value)
+    return scale
+
+
 def param_groups_weight_decay(
-    model: nn.Module, weight_decay: float, skip: set[str] | frozenset[str] = frozenset()
+    model: nn.Module,
+    weight_decay: float,
+    skip: set[str] | frozenset[str] = frozenset(),
+    lr_multipliers: dict[str, float] | None = None,
+    decay_all: bool = False,
 ) -> list[dict]:
-    """Two groups: decayed weights, and biases/norms/tokens (1-D tensors or names in ``skip``)."""
-    decay, no_decay = [], []
+    """Parameter groups by (lr multiplier, decayed or not).
+
+    Biases, norms and tokens (1-D tensors or names in ``skip``) get no weight decay unless
+    ``decay_all``. ``lr_multipliers`` maps a module-name prefix (``"fusion"``,
+    ``"mlm_head"``) to a factor on the lr; each group carries it as ``lr_scale``.
+    """
+    groups: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or leaf in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip or leaf in skip
+        key = (lr_scale_of(name, lr_multipliers), decay_all or not no_decay)
+        groups.setdefault(key, []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+        for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
     ]
 
 
@@ -66,7 +83,8 @@ class MaskedPretrainer(L.LightningModule):
         lr_reference_batch: 256 as MAE (Goyal et al.); recipes published as an absolute lr
             at a batch size (Point-MAE: 1e-3 at 128) set that batch size here; 0 means
             ``base_lr`` is used as is, whatever the batch.
-        schedule: ``cosine`` (linear warm-up + cosine, MAE) or ``onecycle`` (OpenPCDet's
+        schedule: ``cosine`` (linear warm-up + cosine, MAE), ``linear`` (linear warm-up, then
+            linear decay to ``min_lr``: M3AE/ViLT's polynomial decay with power 1) or ``onecycle`` (OpenPCDet's
             ``adam_onecycle``: cosine up from ``lr / div_factor`` over ``pct_start`` of the
             steps, then down to ``lr / div_factor / final_div_factor``; beta1 cycled over
             ``momentum_range`` = (low, high) when given).
@@ -74,7 +92,9 @@ class MaskedPretrainer(L.LightningModule):
             ``bn_wd=True``).
         weight_decay: applied to weights only, never to biases, norms or tokens.
         min_lr: final lr of the cosine schedule (absolute, as MAE).
-        warmup_epochs: linear warm-up length; ``warmup_steps`` overrides it when set.
+        warmup_epochs: linear warm-up length; ``warmup_steps`` overrides it, and
+            ``warmup_fraction`` (of all steps, M3AE's 0.1) overrides both.
+        lr_multipliers: module-name prefix -> factor on the lr (M3AE: heads and fusion x5).
         mask_seed: masks are drawn from a generator seeded by
             ``(mask_seed, epoch, batch_idx, rank)``, so they are reproducible and a resumed run
             draws the same masks an uninterrupted one would.
@@ -97,12 +117,15 @@ class MaskedPretrainer(L.LightningModule):
         final_div_factor: float = 1e4,
         momentum_range: tuple[float, float] | None = None,
         decay_all: bool = False,
+        warmup_fraction: float | None = None,
+        lr_multipliers: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, betas=(0.9, 0.95))
         # plain tuples, not OmegaConf lists: checkpoints must load with weights_only=True
         momentum_range = tuple(momentum_range) if momentum_range is not None else None
+        lr_multipliers = {str(k): float(v) for k, v in lr_multipliers.items()} if lr_multipliers else None
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
         self.lr: float | None = None
@@ -122,18 +145,66 @@ class MaskedPretrainer(L.LightningModule):
         seed = hash((self.hparams.mask_seed, stage_id, epoch, batch_idx, self.global_rank))
         return torch.Generator(device=self.device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
 
+    skip_nonfinite: bool = False  # trainer.skip_nonfinite, set by maskfm.train
+    skipped_nonfinite: int = 0  # batches skipped by this process
+    _drop_update: bool = False
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """The method's loss on ``batch``, with every named part logged.
+
+        A NaN or inf loss on any rank stops training with a ``FloatingPointError`` that names
+        the global step and the loss parts. It is raised before the backward pass, so the
+        weights and the last checkpoint on disk are the last good ones. With
+        ``skip_nonfinite`` (``trainer.skip_nonfinite=true``) every rank skips the batch
+        instead (no update) and the running count is logged as ``train/skipped_nonfinite``.
+        """
         out = self(batch, generator=self.mask_generator(batch_idx))
-        if not torch.isfinite(out.loss):
-            parts = {k: float(v.detach()) for k, v in out.parts.items()}
-            raise FloatingPointError(
-                f"non-finite training loss {float(out.loss.detach())} at global step {self.global_step} "
-                f"(loss parts: {parts}); stopping before it corrupts the weights"
-            )
-        self.log_output("train", out, batch)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
-        return out.loss
+        nonfinite = self.nonfinite_on_any_rank(out.loss)
+        loss = self.stop_or_skip(out) if nonfinite else out.loss
+        if self.skip_nonfinite:
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False,
+                     batch_size=1)
+        if not nonfinite:
+            self.log_output("train", out, batch)
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
+        return loss
+
+    def stop_or_skip(self, out: MaskedModelingOutput) -> torch.Tensor:
+        """Raise for a non-finite loss, or (``skip_nonfinite``) return a stand-in loss.
+
+        The stand-in puts every parameter in the graph with a zero gradient, so the backward
+        pass and DDP's gradient all-reduce run on every rank as usual (Lightning refuses a
+        ``None`` step under DDP); :meth:`on_before_optimizer_step` then drops the gradients,
+        and the optimiser skips parameters without one: no update, momentum and weight decay
+        included. With gradient accumulation the whole accumulated step is dropped.
+        """
+        loss, parts = float(out.loss.detach()), {k: float(v.detach()) for k, v in out.parts.items()}
+        if math.isfinite(loss):  # another rank's loss is the bad one
+            message = (f"non-finite training loss on another rank at global step {self.global_step} "
+                       f"(this rank: loss {loss}, parts {parts})")
+        else:
+            message = f"non-finite training loss {loss} at global step {self.global_step} (loss parts: {parts})"
+        if not self.skip_nonfinite:
+            raise FloatingPointError(f"{message}; stopping before it corrupts the weights")
+        self.skipped_nonfinite += 1
+        self._drop_update = True
+        log.warning("%s; batch skipped (trainer.skip_nonfinite=true, %d so far)", message, self.skipped_nonfinite)
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._drop_update:  # a skipped non-finite batch (see stop_or_skip)
+            self._drop_update = False
+            optimizer.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is NaN/inf on this or any other rank (all ranks must agree to
+        stop or skip together, or the others would wait forever in the gradient all-reduce)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad)
+        return bool(bad.item() > 0)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch, generator=self.mask_generator(batch_idx, stage="val"))
@@ -144,7 +215,7 @@ class MaskedPretrainer(L.LightningModule):
         on_step = stage == "train"
         kw = dict(batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **kw)
-        for name, value in out.parts.items():
+        for name, value in {**out.parts, **out.metrics}.items():
             self.log(f"{stage}/{name}", value.detach(), **kw)
         if on_step and "skipped" in batch:
             self.log("data/skipped", batch["skipped"].sum().float(), reduce_fx="sum", **kw)
@@ -167,11 +238,9 @@ class MaskedPretrainer(L.LightningModule):
             self.lr = hp.base_lr
             log.info("lr = %.3g (absolute, effective batch %d)", self.lr, eff_batch)
         skip = set(getattr(self.model, "no_weight_decay", lambda: set())())
-        if hp.decay_all:
-            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
-                       "weight_decay": hp.weight_decay}]
-        else:
-            groups = param_groups_weight_decay(self.model, hp.weight_decay, skip)
+        groups = param_groups_weight_decay(self.model, hp.weight_decay, skip, hp.lr_multipliers, hp.decay_all)
+        for group in groups:
+            group["lr"] = self.lr * group["lr_scale"]
         optimizer = self.optimizer_factory(groups, lr=self.lr)
 
         total = float(self.trainer.estimated_stepping_batches)
@@ -180,22 +249,25 @@ class MaskedPretrainer(L.LightningModule):
                 raise ValueError("schedule=onecycle needs a finite run (set trainer.max_epochs or max_steps)")
             low, high = hp.momentum_range or (None, None)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=self.lr, total_steps=int(total), pct_start=hp.pct_start,
+                optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(total), pct_start=hp.pct_start,
                 div_factor=hp.div_factor, final_div_factor=hp.final_div_factor, anneal_strategy="cos",
                 cycle_momentum=hp.momentum_range is not None,
                 base_momentum=low or 0.85, max_momentum=high or 0.95,
             )
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if hp.schedule != "cosine":
-            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {hp.schedule!r}")
-        if hp.warmup_steps is not None:
+        if hp.schedule not in ("cosine", "linear"):
+            raise ValueError(f"schedule must be 'cosine', 'linear' or 'onecycle', got {hp.schedule!r}")
+        if hp.warmup_fraction is not None and math.isfinite(total):
+            warmup = round(hp.warmup_fraction * total)
+        elif hp.warmup_steps is not None:
             warmup = int(hp.warmup_steps)
         elif self.trainer.max_epochs and self.trainer.max_epochs > 0 and math.isfinite(total):
             warmup = round(hp.warmup_epochs * total / self.trainer.max_epochs)
         else:
             warmup = 0
         min_ratio = hp.min_lr / self.lr if self.lr > 0 else 0.0
-        schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
+        shape = warmup_cosine if hp.schedule == "cosine" else warmup_linear
+        schedule = partial(shape, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

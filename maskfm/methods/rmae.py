@@ -21,7 +21,12 @@ from torch import nn
 
 from maskfm.masking import RadialMasker
 from maskfm.methods.output import MaskedModelingOutput
-from maskfm.nn.occupancy import DenseOccupancyDecoder, SparseOccupancyDecoder, gather_coarse
+from maskfm.nn.occupancy import (
+    DenseOccupancyDecoder,
+    SparseOccupancyDecoder,
+    densify,
+    gather_coarse,
+)
 
 DECODERS = ("sparse", "dense")
 
@@ -105,3 +110,22 @@ class RMAE(nn.Module):
         stages = [*out["multi_scale"].values(), out["encoded"]]
         return torch.cat([gather_coarse(s.features, s.indices, tuple(s.spatial_shape), coords, self.sparse_shape)[0]
                           for s in stages], dim=1)
+
+    @torch.no_grad()
+    def reconstruction_clouds(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
+        """Voxel centres ``(1, P, 3)`` of the first sweep: input, visible (kept by the mask) and
+        reconstruction (the input voxels the decoder, reading the visible ones only, calls
+        occupied; a picture of recall, empty cells are not drawn)."""
+        coords, hidden = batch["voxel_coords"], out.mask
+        first = coords[:, 0] == 0
+        encoded = self.encode(batch, keep=~hidden)["encoded"]
+        args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape))
+        queries = coords[first].long()
+        if self.decoder_kind == "sparse":
+            logits = self.decoder(*args, queries, self.sparse_shape)
+        else:
+            dense = self.decoder(densify(*args, int(batch["batch_size"])))
+            logits = dense[0, 0][tuple(queries[:, 1:].unbind(1))]
+        centers = self.voxel_centers(coords)
+        return {"input": centers[first][None], "visible": centers[first & ~hidden][None],
+                "reconstruction": centers[first][logits > 0][None]}

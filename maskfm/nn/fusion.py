@@ -45,14 +45,21 @@ class CoAttentionFusion(nn.Module):
         self.text_layers = nn.ModuleList(CoAttentionLayer(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, image_pad: torch.Tensor | None = None,
-                text_pad: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                text_pad: torch.Tensor | None = None, num_layers: int | None = None,
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Returns the outputs of every layer: ``[image after layer 0, ...]``, ``[text after ...]``.
 
         M3AE's vision decoder reads ``image_outputs[mim_layer - 1]`` (the released code takes
         the image tokens *before* layer index 3 runs, i.e. after layers 0-2, for mim_layer 3).
+        ``num_layers`` runs only the first layers (their outputs do not depend on later ones).
         """
+        depth = len(self.image_layers)
+        num_layers = depth if num_layers is None else num_layers
+        if not 1 <= num_layers <= depth:
+            raise ValueError(f"num_layers must be in [1, {depth}], got {num_layers}")
         image_outputs, text_outputs = [], []
-        for image_layer, text_layer in zip(self.image_layers, self.text_layers, strict=True):
+        layers = zip(self.image_layers[:num_layers], self.text_layers[:num_layers], strict=True)
+        for image_layer, text_layer in layers:
             image, text = (image_layer(image, text, image_pad, text_pad),
                            text_layer(text, image, text_pad, image_pad))
             image_outputs.append(image)
