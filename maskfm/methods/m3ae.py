@@ -389,7 +389,6 @@ class M3AE(nn.Module):
         imgs, ids, attn = batch["image"], batch["input_ids"], batch["attention_mask"]
         image_mask = self.masker(self.image_layout(imgs.shape[0], imgs.device), generator)
         idx = mask_indices(image_mask)
-        target = self.mim_target(imgs)
         text_ids, labels, _ = self.mask_text(batch, generator)
         if self.joint_pass:
             pair_imgs, itm_labels = self.mismatch(imgs, generator)
@@ -402,6 +401,7 @@ class M3AE(nn.Module):
             itm_logits = self.itm_logits(fused)
             mlm_fused = fused
         else:
+            target = self.mim_target(imgs)
             fused = self.infer(imgs, ids, attn, idx.ids_keep, num_layers=self.mim_layer)  # text intact
             pred = self.mim_decoder(fused.image[self.mim_layer - 1], idx.ids_restore)
             mim_mask = image_mask
