@@ -68,9 +68,9 @@ def mlm_probe(
     words_total: dict[str, int] = defaultdict(int)
     tokens_total = samples = 0
     for batch in loader:
-        batch = _to(batch, device)
         if max_samples is not None and samples >= max_samples:
             break
+        batch = _to(batch, device)
         keep = len(batch["spans"]) if max_samples is None else min(len(batch["spans"]), max_samples - samples)
         samples += keep
         variants = [v for v in probe_variants(batch, kinds, mode) if v[0] < keep]
