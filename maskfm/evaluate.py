@@ -7,9 +7,11 @@
     python -m maskfm.evaluate +experiment=m3ae eval=mlm_probe ckpt_path=last
     python -m maskfm.evaluate +experiment=m3ae eval=retrieval ckpt_path=last
 
-``ckpt_path`` accepts a maskfm checkpoint (its stored model config is used), ``last`` (the
-newest checkpoint of the latest training run of this experiment) or an original Point-MAE
-``pretrain.pth``. Results go to ``eval.json`` in the evaluation's run directory.
+``ckpt_path`` accepts a maskfm checkpoint, ``last`` (the newest checkpoint of the latest
+training run of this experiment) or an original Point-MAE ``pretrain.pth``. The model is
+built from the composed config; a maskfm checkpoint's stored sizes fill in its values
+(``stored_config=values|model|ignore``), never its classes. A checkpoint that does not set
+every model (encoder) tensor is an error unless ``allow_partial_load=true``. Results go to ``eval.json`` in the evaluation's run directory.
 """
 
 from __future__ import annotations
@@ -22,15 +24,25 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from maskfm.config import CONFIG_DIR, print_config_tree
+from maskfm.errors import UserInputError, exit_on_user_error
 from maskfm.eval.image_text import mlm_probe as probe_grounded_words
 from maskfm.eval.image_text import retrieval as rank_pairs
 from maskfm.eval.svm import extract_features, linear_svm_accuracy
 from maskfm.eval.voxel_probe import extract_voxel_features, segmentation_scores, train_linear_probe
+from maskfm.interop.checkpoint_file import (
+    CheckpointFileError,
+    checkpoint_method,
+    is_maskfm_checkpoint,
+    read_checkpoint,
+)
+from maskfm.interop.loading import load_state_dict_with_report
 from maskfm.interop.point_mae import is_original_checkpoint, load_point_mae_checkpoint
+from maskfm.methods.point_mae import PointMAE
 from maskfm.run_dir import latest_checkpoint, latest_run_with_checkpoint, register_resolvers
+from maskfm.stored_config import apply_stored_model_config
 from maskfm.train import build_system
 
 log = logging.getLogger(__name__)
@@ -56,23 +68,42 @@ def find_checkpoint(cfg: DictConfig) -> Path | None:
 
 
 def load_model(cfg: DictConfig, ckpt: Path | None, datamodule=None) -> tuple[torch.nn.Module, dict]:
-    """Build the method and load its weights; returns (model, info for eval.json)."""
+    """Build the method from the composed config and load its weights; returns (model, info
+    for eval.json).
+
+    The checkpoint is data: its stored config may fill in values of the composed model
+    config (``stored_config``, see maskfm/stored_config.py), never choose code. Every
+    tensor of the model (maskfm checkpoints) or of its encoder (original checkpoints) must
+    load, unless ``allow_partial_load=true``.
+    """
     if ckpt is None:
         log.warning("No ckpt_path: evaluating a randomly initialised encoder (seed %s)", cfg.seed)
         return build_system(cfg, datamodule).model, {"checkpoint": None}
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    allow_partial = bool(cfg.get("allow_partial_load", False))
+    checkpoint = read_checkpoint(ckpt, expected="a maskfm checkpoint (.ckpt) or an original Point-MAE pretrain.pth")
     if is_original_checkpoint(checkpoint):
         model = build_system(cfg, datamodule).model
-        report = load_point_mae_checkpoint(model, ckpt)
-        return model, {"checkpoint": str(ckpt), "format": "original Point-MAE",
-                       "missing": report.missing, "unexpected": report.unexpected}
-    stored = checkpoint.get("maskfm_config") or {}
-    if stored.get("model"):  # evaluate the architecture the checkpoint was trained with
-        cfg.model = OmegaConf.create(stored["model"])
+        if not isinstance(model, PointMAE):
+            raise UserInputError(f"{ckpt}: an original Point-MAE checkpoint, but the composed config builds "
+                                 f"{type(model).__name__}: use +experiment=point_mae_shapenet (or point_mae)")
+        report = load_point_mae_checkpoint(model, ckpt, allow_partial=allow_partial)
+        return model, {"checkpoint": str(ckpt), "format": "original Point-MAE", **report.summary()}
+    if not is_maskfm_checkpoint(checkpoint):
+        keys = ", ".join(map(str, list(checkpoint)[:8])) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointFileError(f"{ckpt}: neither a maskfm checkpoint (no 'state_dict') nor an original "
+                                  f"Point-MAE pretrain.pth (no 'base_model'); it holds: {keys}")
+    filled = apply_stored_model_config(cfg, checkpoint, str(ckpt))
     system = build_system(cfg, datamodule)
-    system.load_state_dict(checkpoint["state_dict"])
-    return system.model, {"checkpoint": str(ckpt), "format": "maskfm",
-                          "global_step": checkpoint.get("global_step")}
+    report = load_state_dict_with_report(system, checkpoint["state_dict"], source=str(ckpt), required_prefix="model.",
+                                         allow_partial=allow_partial, hint=_method_hint(checkpoint))
+    log.info("Loaded %s:\n%s", ckpt, report.table())
+    return system.model, {"checkpoint": str(ckpt), "format": "maskfm", "global_step": checkpoint.get("global_step"),
+                          "values_from_checkpoint": {k: v for k, (_, v) in filled.items()}, **report.summary()}
+
+
+def _method_hint(checkpoint: dict) -> str:
+    method = checkpoint_method(checkpoint)
+    return f"the checkpoint was trained with {method}" if method else ""
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -97,7 +128,9 @@ def evaluate(cfg: DictConfig) -> dict:
     result, summary = protocols[cfg.eval.name](cfg, model, device, datamodule)
     result = {**result, "run_name": cfg.run_name, **info}
     (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    print(f"{summary}, checkpoint {info['checkpoint']}")
+    loaded = (f" ({info['required_loaded']} of {info['required_tensors']} tensors loaded: PARTIAL LOAD)"
+              if info.get("required_loaded", 0) < info.get("required_tensors", 0) else "")
+    print(f"{summary}, checkpoint {info['checkpoint']}{loaded}")
     print(f"wrote {output_dir / 'eval.json'}")
     return result
 
@@ -171,6 +204,7 @@ def retrieval(cfg: DictConfig, model, device, datamodule) -> tuple[dict, str]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

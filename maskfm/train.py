@@ -21,9 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskfm.callbacks import AtomicCheckpointIO
 from maskfm.config import CONFIG_DIR, print_config_tree
+from maskfm.errors import exit_on_user_error
+from maskfm.interop.checkpoint_file import (
+    CheckpointFileError,
+    is_maskfm_checkpoint,
+    read_checkpoint,
+)
 from maskfm.methods import MaskedPretrainer
 from maskfm.run_dir import latest_checkpoint, register_resolvers
 from maskfm.slurm import cluster_plugins, requeue_callback, restart_count, slurm_job_id
+from maskfm.stored_config import apply_stored_model_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -73,6 +80,18 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     return str(path)
+
+
+def check_resume_checkpoint(cfg: DictConfig, path: str) -> None:
+    """Read the checkpoint to resume from as data before Lightning does: a file that is not a
+    maskfm checkpoint, or whose stored config names code, is refused with one line; a
+    checkpoint of another method is named; its stored sizes fill in ``cfg.model``
+    (``stored_config``)."""
+    checkpoint = read_checkpoint(path, expected="a maskfm training checkpoint (.ckpt)")
+    if not is_maskfm_checkpoint(checkpoint) or "optimizer_states" not in checkpoint:
+        raise CheckpointFileError(f"{path}: not a maskfm training checkpoint (no 'state_dict' and optimiser state) "
+                                  "to resume from; to start from pretrained weights use the method's pretrained option")
+    apply_stored_model_config(cfg, checkpoint, path)
 
 
 def log_file_on_rank_zero_only() -> None:
@@ -125,6 +144,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     output_dir = Path(cfg.paths.output_dir)
     # First thing: from here on SLURM's time-limit signal saves and requeues instead of killing.
     requeue = requeue_callback(cfg.get("slurm", {}).get("requeue_signal"), output_dir / "checkpoints")
+    ckpt_path = resume_checkpoint(cfg, output_dir)
+    if ckpt_path is not None:
+        check_resume_checkpoint(cfg, ckpt_path)
     save_run_config(cfg, output_dir)
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -135,7 +157,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     trainer = build_trainer(cfg, callbacks, loggers)
     system.skip_nonfinite = bool(cfg.trainer.get("skip_nonfinite", False))
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         if requeue:
             requeue.uninstall()
@@ -146,6 +168,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)

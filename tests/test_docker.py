@@ -92,15 +92,33 @@ def test_every_installed_package_matches_pyproject(dockerfile):
             assert cuda == base_cuda[1] + base_cuda[2], f"{req.name} on CUDA {base_cuda[1]}.{base_cuda[2]}"
 
 
-def test_every_lightning_requirement_excludes_the_compromised_releases():
-    lines = [str(r) for r in declared().get("lightning", [])]
+# Releases that must never be installed, under every name they were published as
+# (GHSA-w37p-236h-pfx3: the compromised lightning 2.6.2 / 2.6.3 on PyPI).
+EXCLUDED_RELEASES = {"lightning": ("2.6.2", "2.6.3"), "pytorch-lightning": ("2.6.2", "2.6.3")}
+
+
+@pytest.mark.parametrize("name", sorted(EXCLUDED_RELEASES))
+def test_every_requirement_excludes_the_compromised_releases(name):
+    lines = [str(r) for r in declared().get(name, [])]
+    assert lines, f"pyproject.toml declares no {name} requirement, so nothing bounds it"
     for dockerfile in DOCKERFILES:
-        lines += [w for words in pip_installs(dockerfile) for w in words if w.lower().startswith("lightning")]
-    assert lines, "pyproject.toml declares no lightning requirement"
+        found = [w for words in pip_installs(dockerfile) for w in words
+                 if not w.startswith(".") and w != "pip" and Requirement(w).name.lower() == name]
+        assert found, f"{dockerfile.name} does not pin {name} away from {EXCLUDED_RELEASES[name]}"
+        lines += found
     for line in lines:
         spec = Requirement(line).specifier
-        assert not spec.contains("2.6.2") and not spec.contains("2.6.3"), line
-        assert {"!=2.6.2", "!=2.6.3"} <= {str(s) for s in spec}, line
+        for bad in EXCLUDED_RELEASES[name]:
+            assert not spec.contains(bad) and f"!={bad}" in {str(s) for s in spec}, line
+
+
+def test_no_installed_distribution_is_an_excluded_release():
+    from importlib.metadata import distributions
+
+    installed = {(d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in distributions()}
+    assert "lightning" in installed and "pytorch-lightning" in installed
+    bad = {n: v for n, v in installed.items() if v in EXCLUDED_RELEASES.get(n, ())}
+    assert not bad, f"compromised releases installed: {bad}"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

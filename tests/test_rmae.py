@@ -60,9 +60,23 @@ def test_reconstruction_clouds_show_the_first_sweep(batch, decoder):
 
 
 def test_dense_decoder_loss_is_bce_over_every_cell(batch):
+    """The loss equals BCE-with-logits against a dense occupancy grid built by hand from every
+    input voxel (hidden ones included), averaged over all 2 x 41 x 16 x 16 cells."""
     model = RMAE(decoder="dense", **SMALL).eval()
     out = model(batch, torch.Generator().manual_seed(0))
-    assert 0.0 < out.loss.item() < 10.0  # mean over 2 x 41 x 16 x 16 cells
+    with torch.no_grad():
+        encoded = model.encode(batch, keep=~out.mask)["encoded"]
+        dense = torch.zeros(2, *encoded.spatial_shape, encoded.features.shape[1])
+        for (b, z, y, x), f in zip(encoded.indices.tolist(), encoded.features, strict=True):
+            dense[b, z, y, x] = f
+        logits = model.decoder(dense.permute(0, 4, 1, 2, 3))[:, 0]
+    target = torch.zeros(2, 41, 16, 16)
+    for b, z, y, x in batch["voxel_coords"].tolist():
+        target[b, z, y, x] = 1.0
+    assert target.sum() == len(batch["voxel_coords"]) > out.mask.sum() > 0  # hidden voxels are targets too
+    by_hand = (logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))).mean()
+    assert torch.allclose(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, target), atol=1e-6)
+    assert torch.allclose(out.loss, by_hand, atol=1e-6)
 
 
 def test_voxel_centres_are_metric_and_features_cover_every_voxel(batch):

@@ -1,4 +1,10 @@
-"""Loading a state dict with a readable report (missing / unexpected / mismatched keys)."""
+"""Loading a state dict with a readable report (missing / unexpected / mismatched keys).
+
+A load that leaves part of the weights it was meant to set at their initial values is an
+error: evaluating random weights as if pretrained is the worst silent failure a
+pretraining framework can have. ``allow_partial=True`` (``allow_partial_load=true`` on the
+command line) accepts it, and the report then says how many tensors were loaded.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from maskfm.errors import UserInputError
+
+
+class IncompleteLoadError(UserInputError):
+    """A weight file does not cover the parameters it must set."""
+
 
 @dataclass
 class LoadReport:
@@ -16,14 +28,24 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the model, not in the file
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    mismatched: list[str] = field(default_factory=list)  # in both, different shapes (not loaded)
+    required: int = 0  # tensors the load had to set (e.g. every encoder tensor)
+    required_loaded: int = 0
 
     def table(self) -> str:
         """Key | status lines, repeated layers folded as ``blocks.{0...11}.x``."""
-        lines = [f"loaded {len(self.loaded)} tensors"]
+        lines = [f"loaded {len(self.loaded)} tensors ({self.required_loaded} of the {self.required} required)"]
         for status, keys in (("MISSING", self.missing), ("UNEXPECTED", self.unexpected)):
             for key in fold_layer_indices(keys):
                 lines.append(f"  {status:<10} {key}")
+        lines += [f"  {'MISMATCHED':<10} {entry}" for entry in self.mismatched]
         return "\n".join(lines)
+
+    def summary(self) -> dict:
+        """The numbers for eval.json."""
+        return {"loaded_tensors": len(self.loaded), "required_tensors": self.required,
+                "required_loaded": self.required_loaded, "missing": self.missing,
+                "unexpected": self.unexpected, "mismatched": self.mismatched}
 
 
 def fold_layer_indices(keys: list[str]) -> list[str]:
@@ -47,11 +69,20 @@ def fold_layer_indices(keys: list[str]) -> list[str]:
     return sorted(folded)
 
 
-def load_state_dict_with_report(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
-    """Load what matches; raise if any shared key has a different shape.
+def load_state_dict_with_report(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str = "checkpoint",
+    required_prefix: str = "",
+    allow_partial: bool = False,
+    hint: str = "",
+) -> LoadReport:
+    """Load what matches; every model tensor under ``required_prefix`` must be loaded.
 
-    Shape mismatches are errors, never silently skipped: they mean the checkpoint was made
-    for another architecture (a different width, group size, ...).
+    Raises :class:`IncompleteLoadError` listing missing / unexpected / mismatched keys when
+    any required tensor is not in the file, or any shared key has another shape (the file
+    was made for another method or size), unless ``allow_partial``. ``hint`` is added to the message
+    (e.g. which method the file belongs to).
     """
     own = model.state_dict()
     mismatched = [
@@ -59,8 +90,17 @@ def load_state_dict_with_report(model: nn.Module, state_dict: dict[str, torch.Te
         for k, v in state_dict.items()
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
-    if mismatched:
-        raise ValueError(f"{source}: {len(mismatched)} tensors have the wrong shape:\n  " + "\n  ".join(mismatched))
-    result = model.load_state_dict(state_dict, strict=False)
-    loaded = [k for k in state_dict if k in own]
-    return LoadReport(loaded, list(result.missing_keys), list(result.unexpected_keys))
+    loadable = {k: v for k, v in state_dict.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    required = [k for k in own if k.startswith(required_prefix)]
+    report = LoadReport(
+        loaded=list(loadable), missing=[k for k in own if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in own], mismatched=mismatched,
+        required=len(required), required_loaded=sum(k in loadable for k in required),
+    )
+    if (report.required_loaded < report.required or mismatched) and not allow_partial:
+        what = f"'{required_prefix.rstrip('.')}' tensors" if required_prefix else "tensors"
+        raise IncompleteLoadError(
+            f"{source}: loads {report.required_loaded} of the model's {report.required} {what}"
+            f"{'; ' + hint if hint else ''} (allow_partial_load=true accepts a partial load)\n" + report.table())
+    model.load_state_dict(loadable, strict=False)
+    return report

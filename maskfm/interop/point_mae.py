@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maskfm.interop.checkpoint_file import CheckpointFileError, read_checkpoint
 from maskfm.interop.loading import LoadReport, load_state_dict_with_report
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,20 @@ def is_original_checkpoint(checkpoint: dict) -> bool:
     return isinstance(checkpoint, dict) and ("base_model" in checkpoint or "model" in checkpoint) and "state_dict" not in checkpoint
 
 
-def load_point_mae_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load an original Point-MAE checkpoint file into a maskfm ``PointMAE``; log the report."""
+def load_point_mae_checkpoint(model: nn.Module, path: str | Path, allow_partial: bool = False) -> LoadReport:
+    """Load an original Point-MAE checkpoint file into a maskfm ``PointMAE``; log the report.
+
+    Every encoder tensor must be in the file (``allow_partial`` accepts fewer)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
     # The originals pickle plain dicts of tensors and numbers; weights_only refuses anything else.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, expected="an original Point-MAE checkpoint (pretrain.pth)")
     if not is_original_checkpoint(checkpoint):
-        raise ValueError(f"{path}: not an original Point-MAE checkpoint (no 'base_model' or 'model' key)")
+        raise CheckpointFileError(f"{path}: not an original Point-MAE checkpoint (no 'base_model' or 'model' key)")
     state_dict = checkpoint.get("base_model", checkpoint.get("model"))
-    report = load_state_dict_with_report(model, point_mae_filter_fn(state_dict), source=str(path))
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointFileError(f"{path}: 'base_model' is not a state dict of tensors")
+    report = load_state_dict_with_report(
+        model, point_mae_filter_fn(state_dict), source=str(path), required_prefix="encoder.",
+        allow_partial=allow_partial, hint=f"an original Point-MAE checkpoint loaded into {type(model).__name__}")
     log.info("Loaded %s into %s:\n%s", path, type(model).__name__, report.table())
     return report

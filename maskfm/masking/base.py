@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from maskfm.errors import UserInputError
 from maskfm.masking.layout import TokenLayout
 
 
@@ -47,10 +48,17 @@ class Masker:
     """Base class: subclasses set ``supported_kinds`` and implement :meth:`scores`."""
 
     supported_kinds: tuple[str, ...] = ()
+    # Whether hiding every token of a sample means something: not for an encoder of the
+    # visible tokens (it would see nothing); yes for MLM, where the other modality remains.
+    allows_full_mask: bool = False
 
     def __init__(self, ratio: float) -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+        if ratio == 1.0 and not self.allows_full_mask:
+            raise UserInputError(
+                f"masking.ratio=1.0: {type(self).__name__} would hide every token and the encoder would "
+                "see nothing; use a ratio below 1")
         self.ratio = float(ratio)
 
     def scores(self, layout: TokenLayout, generator: torch.Generator | None) -> torch.Tensor:
@@ -66,7 +74,14 @@ class Masker:
 
     def __call__(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_layout(layout)
-        return mask_from_scores(self.scores(layout, generator), layout.valid, self.ratio, generator)
+        mask = mask_from_scores(self.scores(layout, generator), layout.valid, self.ratio, generator)
+        if not self.allows_full_mask:
+            valid = layout.valid.sum(dim=1)
+            if bool(((mask.sum(dim=1) == valid) & (valid > 0)).any()):
+                raise UserInputError(
+                    f"masking.ratio={self.ratio}: round(ratio x {int(valid.min())} tokens) hides every token of a "
+                    "sample, so the encoder would see nothing; lower the ratio or use more tokens")
+        return mask
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(ratio={self.ratio})"

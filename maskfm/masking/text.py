@@ -55,6 +55,7 @@ class WholeWordMasker(Masker):
     each valid token is its own word when the layout has no groups."""
 
     supported_kinds = (SEQUENCE,)
+    allows_full_mask = True  # MLM: the picture is still seen
 
     def __call__(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_layout(layout)

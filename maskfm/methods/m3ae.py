@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskfm.interop.loading import load_state_dict_with_report
+from maskfm.interop.checkpoint_file import CheckpointFileError, read_checkpoint
+from maskfm.interop.loading import IncompleteLoadError, load_state_dict_with_report
 from maskfm.masking import (
     Masker,
     RandomMasker,
@@ -69,6 +70,7 @@ class ImageEncoderConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     pretrained: str | None = None
+    allow_partial: bool = False  # accept a ``pretrained`` file that sets only part of the ViT
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TextEncoderConfig:
     max_position_embeddings: int = 514
     dropout: float = 0.1
     pretrained: str | None = None
+    allow_partial: bool = False  # accept a ``pretrained`` directory that sets only part of the encoder
 
 
 @dataclass
@@ -137,12 +140,19 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pad_token_id: in
         source = Path(cfg.pretrained).expanduser()
         name = str(source) if source.is_dir() else str(cfg.pretrained)
         try:  # a local directory, or a hub name already in the local Hugging Face cache
-            encoder = AutoModel.from_pretrained(name, local_files_only=True, add_pooling_layer=False)
+            encoder, info = AutoModel.from_pretrained(
+                name, local_files_only=True, add_pooling_layer=False, trust_remote_code=False,
+                weights_only=True, output_loading_info=True)
         except (OSError, ValueError) as e:  # ValueError: not even a valid hub name
             raise FileNotFoundError(
                 f"model.text.pretrained='{cfg.pretrained}' is neither a local directory nor in the local "
                 "Hugging Face cache (nothing is downloaded; pass a directory saved with save_pretrained)"
             ) from e
+        missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+        if missing and not cfg.allow_partial:
+            raise IncompleteLoadError(
+                f"model.text.pretrained='{cfg.pretrained}' does not set {len(missing)} of the text encoder's tensors "
+                f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}); model.text.allow_partial=true accepts it")
         if encoder.config.vocab_size < vocab_size:
             raise ValueError(
                 f"model.text.pretrained='{cfg.pretrained}' has {encoder.config.vocab_size} token embeddings but the "
@@ -159,20 +169,27 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pad_token_id: in
     return AutoModel.from_config(config, add_pooling_layer=False)
 
 
-def load_image_weights(encoder: ViTEncoder, path: str) -> None:
-    """Load a timm-named ViT state dict from a local file (weights only, with a report)."""
+def load_image_weights(encoder: ViTEncoder, path: str, allow_partial: bool = False) -> None:
+    """Load a timm-named ViT state dict from a local file (weights only, with a report);
+    every ViT tensor must be in it unless ``allow_partial``."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"model.image.pretrained='{path}': no such file (nothing is downloaded)")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(file))
+        try:
+            state = load_file(str(file))
+        except Exception as e:  # safetensors raises its own error type for a bad header
+            raise CheckpointFileError(f"model.image.pretrained='{path}': not a readable safetensors file ({e})") from e
     else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state))
+        state = read_checkpoint(file, expected="a ViT state dict (.pth/.bin/.safetensors)")
+        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointFileError(f"model.image.pretrained='{path}': not a state dict of tensors")
     state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
-    report = load_state_dict_with_report(encoder, state, source=str(file))
+    report = load_state_dict_with_report(encoder, state, source=f"model.image.pretrained='{file}'",
+                                         allow_partial=allow_partial)
     log.info("image encoder weights from %s:\n%s", file, report.table())
 
 
@@ -270,7 +287,7 @@ class M3AE(nn.Module):
             image.num_heads or h, image.mlp_ratio, image.drop_path_rate,
         )
         if image.pretrained:
-            load_image_weights(self.encoder, image.pretrained)
+            load_image_weights(self.encoder, image.pretrained, image.allow_partial)
         self.grid_size = self.encoder.grid_size
         self.text_encoder = build_text_encoder(text, vocab_size, pad_token_id)
         text_dim = self.text_encoder.config.hidden_size
