@@ -39,6 +39,7 @@ ALLOWED_TARGETS = frozenset({
     "maskfm.callbacks.CPUSyncBatchNorm",
     "maskfm.callbacks.ReconstructionPictures",
     "maskfm.callbacks.Throughput",
+    "maskfm.callbacks.auto_progress_bar",
     "maskfm.loggers.CSVLogger",
     "maskfm.loggers.wandb_logger",
     "maskfm.run_dir.HydraConfigForSweeps",

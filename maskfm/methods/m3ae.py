@@ -25,6 +25,7 @@ Dimension letters: B batch, N patches, V visible patches, L text tokens, D fusio
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,10 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pad_token_id: in
             encoder, info = AutoModel.from_pretrained(
                 name, local_files_only=True, add_pooling_layer=False, trust_remote_code=False,
                 weights_only=True, output_loading_info=True)
+        except pickle.UnpicklingError as e:  # weights_only refused a pickled object
+            raise CheckpointFileError(
+                f"model.text.pretrained='{cfg.pretrained}': refused to unpickle its weights "
+                f"({str(e).strip().splitlines()[-1] if str(e).strip() else e}); weights hold data, never code") from e
         except (OSError, ValueError) as e:  # ValueError: not even a valid hub name
             raise FileNotFoundError(
                 f"model.text.pretrained='{cfg.pretrained}' is neither a local directory nor in the local "
