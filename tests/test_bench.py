@@ -142,3 +142,12 @@ def test_bench_compare_runs_each_variant_in_its_own_process(tmp_path):
     assert set(result["variants"]) == {"one", "two"}
     assert (out / "one" / "bench.json").is_file() and (out / "two" / "bench.json").is_file()
     assert result["two_over_one"]["time"] > 0 and result["variants"]["one"]["peak_memory_mib"] > 0
+
+
+def test_bench_times_one_sample_of_the_dataset(tmp_path):
+    """Per-sample data cost lives here, not in unit tests (timings there fail for the wrong reason)."""
+    cfg = compose_bench(tmp_path, ["bench.dataset_samples=5"])
+    result = bench(cfg)
+    d = json.loads((tmp_path / "bench.json").read_text())["dataset"]
+    assert d == result["dataset"] and d["samples"] == 5
+    assert 0 < d["median_ms"] and d["samples_per_sec"] == pytest.approx(1e3 / d["median_ms"])
