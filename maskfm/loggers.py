@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import secrets
 import string
 from pathlib import Path
@@ -21,6 +22,8 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
+
+from maskfm.errors import UserInputError
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -50,6 +53,7 @@ class CSVLogger(_LightningCSVLogger):
 
 # -- Weights & Biases -----------------------------------------------------------------------
 WANDB_ID_FILE = "wandb_id.txt"
+WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Overrides that say nothing about the run itself (already in its name, or where it writes).
 _NAME_SKIPS = ("experiment", "logger", "ckpt_path", "print_config", "launcher")
 _NAME_SKIP_PREFIXES = ("hydra.", "paths.", "logger.", "launcher.", "callbacks.progress.")
@@ -93,7 +97,11 @@ def persistent_run_id(save_dir: str | Path) -> str | None:
     """
     path = Path(save_dir) / WANDB_ID_FILE
     if path.is_file():
-        return path.read_text().strip()
+        run_id = path.read_text(errors="replace").strip()
+        if not WANDB_ID.fullmatch(run_id):  # a file is data: only an id, never a path or option
+            raise UserInputError(f"{path}: not a W&B run id ({run_id[:40]!r}); expected 1-64 letters, digits, "
+                                 "'-' or '_' (delete the file to start a new W&B run)")
+        return run_id
     if rank_zero_only.rank != 0:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -278,3 +278,14 @@ def test_pretrained_image_file_must_set_the_whole_vit(tmp_path):
     with pytest.raises(IncompleteLoadError, match=r"half.pth'.*: loads \d+ of the model's \d+ tensors"):
         load_image_weights(ViTEncoder(32, 8, 3, 32, 1, 2), str(tmp_path / "half.pth"))
     load_image_weights(ViTEncoder(32, 8, 3, 32, 1, 2), str(tmp_path / "half.pth"), allow_partial=True)
+
+
+@pytest.mark.parametrize("content", ["../../etc/passwd", "abc --resume=must", "", "x" * 65])
+def test_a_wandb_id_file_holds_only_an_id(tmp_path, content):
+    from maskfm import loggers
+
+    (tmp_path / loggers.WANDB_ID_FILE).write_text(content + "\n")
+    with pytest.raises(ValueError, match=r"wandb_id.txt: not a W&B run id"):
+        loggers.persistent_run_id(tmp_path)
+    (tmp_path / loggers.WANDB_ID_FILE).write_text("3kf9x2ab\n")
+    assert loggers.persistent_run_id(tmp_path) == "3kf9x2ab"

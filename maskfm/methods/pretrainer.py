@@ -170,6 +170,22 @@ class MaskedPretrainer(L.LightningModule):
             self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
         return loss
 
+    def on_train_end(self) -> None:
+        """Log the last step's training metrics when the logging interval skipped it.
+
+        Lightning writes to the loggers every ``log_every_n_steps``; a run that ends between two
+        intervals (a 5-step job with the default 10) would otherwise leave no ``metrics.csv`` at
+        all, or one that stops before its final step.
+        """
+        stepped = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # steps taken, resumed ones included
+        if stepped == 0 or stepped % self.trainer.log_every_n_steps == 0:
+            return  # nothing trained, or Lightning logged this step itself
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                   if k.startswith("train/") and v.numel() == 1}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=stepped - 1)
+            logger.save()
+
     def stop_or_skip(self, out: MaskedModelingOutput) -> torch.Tensor:
         """Raise for a non-finite loss, or (``skip_nonfinite``) return a stand-in loss.
 
