@@ -107,16 +107,19 @@ def register_resolvers() -> None:
     """Register the resolvers the Hydra configs use.
 
     ``${maskfm_run_dir:base,ckpt_path}`` and ``${maskfm_sweep_dir:base}`` (conf/hydra/default.yaml);
-    ``${maskfm_slurm_tasks:devices}`` and ``${maskfm_slurm_gpus:accelerator,devices}``
+    ``${maskfm_slurm_tasks:devices}``, ``${maskfm_slurm_gpus:accelerator,devices}``,
+    ``${maskfm_slurm_cpus:num_workers}`` and ``${maskfm_slurm_time_limit:partition}``
     (conf/launcher/slurm.yaml).
     """
-    from maskfm.slurm import gpus_per_node, tasks_per_node
+    from maskfm.slurm import cpus_per_task, gpus_per_node, partition_time_limit, tasks_per_node
 
     resolvers = {
         "maskfm_run_dir": (resolve_run_dir, False),
         "maskfm_sweep_dir": (resolve_sweep_dir, True),
         "maskfm_slurm_tasks": (tasks_per_node, False),
         "maskfm_slurm_gpus": (gpus_per_node, False),
+        "maskfm_slurm_cpus": (cpus_per_task, False),
+        "maskfm_slurm_time_limit": (partition_time_limit, True),
     }
     for name, (resolver, use_cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

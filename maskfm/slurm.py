@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -175,8 +176,126 @@ def gpus_per_node(accelerator: str, devices) -> int | None:
     raise ValueError(f"launcher=slurm needs trainer.accelerator=cpu or gpu to size the job, got {accelerator!r}")
 
 
+def cpus_per_task(num_workers) -> int:
+    """``--cpus-per-task``: the rank's data-loader workers plus the rank itself.
+
+    What the job uses, so a small node is not asked for CPUs it does not have (a fixed 8 is
+    refused by sbatch on a 2-CPU node: "More processors requested than permitted").
+    """
+    return max(0, int(num_workers or 0)) + 1
+
+
+def parse_slurm_minutes(text: str) -> int | None:
+    """SLURM's time format in minutes: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
+    ``D-HH:MM:SS``; None for ``UNLIMITED`` / ``infinite`` (no limit)."""
+    text = text.strip()
+    if text.lower() in ("unlimited", "infinite"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        return int(days) * 1440 + hours * 60 + minutes + (seconds > 0)
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:  # MM:SS
+        return parts[0] + (parts[1] > 0)
+    hours, minutes, seconds = parts
+    return hours * 60 + minutes + (seconds > 0)
+
+
+# The time limit asked for when the partition sets none (or sinfo is not there to ask).
+DEFAULT_TIMEOUT_MIN = 1440
+
+
+def partition_time_limit(partition: str | None = None) -> int:
+    """``--time`` in minutes: the partition's own limit (``sinfo``), so sbatch never refuses it
+    ("Requested time limit is invalid"); ``partition`` None = the cluster's default one.
+
+    A partition without a limit, or no ``sinfo`` on this machine, gives :data:`DEFAULT_TIMEOUT_MIN`.
+    Set ``hydra.launcher.timeout_min`` to ask for less.
+    """
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %l"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_TIMEOUT_MIN
+    limits = {}
+    for line in out.splitlines():
+        name, _, limit = line.strip().partition(" ")
+        default = name.endswith("*")
+        limits[name.rstrip("*")] = limit
+        if default:
+            limits[None] = limit
+    limit = limits.get(partition)
+    minutes = parse_slurm_minutes(limit) if limit else None
+    return DEFAULT_TIMEOUT_MIN if minutes is None else minutes
+
+
+# sbatch's refusal -> the hydra.launcher key that decides it
+SBATCH_REASONS = {
+    "More processors requested than permitted": "cpus_per_task",
+    "Requested node configuration is not available": "cpus_per_task",
+    "Requested time limit is invalid": "timeout_min",
+    "Memory required by task is not available": "mem_gb",
+    "invalid partition": "partition",
+    "Invalid account": "account",
+    "Invalid qos": "qos",
+    "Invalid generic resource": "gpus_per_node",
+    "Node count specification invalid": "nodes",
+}
+
+
+def sbatch_refusal_message(stderr: str, launcher_cfg) -> str:
+    """One line: sbatch's reason and the ``hydra.launcher.*`` key (with its value) to change."""
+    reason = next((line.split("error:", 1)[-1].strip() for line in stderr.splitlines() if "error:" in line),
+                  stderr.strip().splitlines()[-1] if stderr.strip() else "no reason given")
+    key = next((k for text, k in SBATCH_REASONS.items() if text.lower() in stderr.lower()), None)
+    if key is None:
+        return f"sbatch refused the job: {reason!r}; see hydra.launcher.* (conf/launcher/slurm.yaml)"
+    return (f"sbatch refused the job: {reason!r}; change hydra.launcher.{key} "
+            f"(now {launcher_cfg.get(key) if launcher_cfg is not None else '?'})")
+
+
+def translate_sbatch_refusals() -> bool:
+    """Make a refused submission end in one line (exit code 2) that quotes sbatch's reason and
+    names the ``hydra.launcher.*`` key to change, instead of a long submitit traceback.
+
+    Hydra only instantiates launchers from its ``hydra_plugins`` namespace, so the wrapper is
+    put around hydra-submitit-launcher's own ``launch`` (idempotent; called by ``maskfm.train``
+    at import). Returns False without the slurm extra.
+    """
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's plugin scan re-executes plugin modules: patch after it, once
+    try:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+        from submitit.core.utils import FailedJobError
+    except ImportError:
+        return False
+    launch = BaseSubmititLauncher.launch
+    if getattr(launch, "_maskfm_translates_sbatch", False):
+        return True
+
+    def launch_or_explain(self, job_overrides, initial_job_idx):
+        try:
+            return launch(self, job_overrides, initial_job_idx)
+        except FailedJobError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, subprocess.CalledProcessError) and "sbatch" in str(cause.cmd)):
+                raise  # a job that failed after it started: submitit's message names it
+            print(f"error: {sbatch_refusal_message(str(e), self.params)}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    launch_or_explain._maskfm_translates_sbatch = True
+    BaseSubmititLauncher.launch = launch_or_explain
+    return True
+
+
 __all__ = [
     "RequeueOnSignal",
+    "cpus_per_task",
+    "parse_slurm_minutes",
+    "partition_time_limit",
     "cluster_plugins",
     "gpus_per_node",
     "in_slurm_job",
@@ -185,4 +304,5 @@ __all__ = [
     "signal_number",
     "slurm_job_id",
     "tasks_per_node",
+    "translate_sbatch_refusals",
 ]

@@ -29,11 +29,18 @@ from maskfm.interop.checkpoint_file import (
 )
 from maskfm.methods import MaskedPretrainer
 from maskfm.run_dir import latest_checkpoint, register_resolvers
-from maskfm.slurm import cluster_plugins, requeue_callback, restart_count, slurm_job_id
+from maskfm.slurm import (
+    cluster_plugins,
+    requeue_callback,
+    restart_count,
+    slurm_job_id,
+    translate_sbatch_refusals,
+)
 from maskfm.stored_config import apply_stored_model_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
+translate_sbatch_refusals()  # launcher=slurm: sbatch's refusal in one line
 
 
 def instantiate_group(group: DictConfig | None) -> list:

@@ -106,15 +106,14 @@ def test_grounded_kinds_filter(bpe):
         assert words and words <= set(COLOURS), (s["caption"], words)
 
 
-def test_synthetic_speed_reasonable():
-    import time
-
-    ds = SyntheticCaptions(100, None, img_size=64)
-    ds[0]
-    t = time.perf_counter()
-    for i in range(100):
-        ds[i]
-    assert (time.perf_counter() - t) / 100 < 0.02  # measured ~1 ms; loose for busy CI
+def test_synthetic_samples_are_deterministic_and_distinct():
+    # Per-sample time is measured by `python -m maskfm.bench +experiment=m3ae` (dataset section),
+    # not asserted here: a timing bound fails for the wrong reason on a shared CPU.
+    ds = SyntheticCaptions(8, None, img_size=64)
+    again = SyntheticCaptions(8, None, img_size=64)
+    assert all(torch.equal(ds[i]["image"], again[i]["image"]) and ds[i]["caption"] == again[i]["caption"]
+               for i in range(8))
+    assert len({ds[i]["caption"] for i in range(8)}) > 1 and not torch.equal(ds[0]["image"], ds[1]["image"])
 
 
 # ----------------------------------------------------------------------------- tokenizers

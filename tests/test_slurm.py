@@ -61,7 +61,7 @@ def test_launcher_resources_follow_the_trainer():
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
     assert launcher.partition == "gpu" and launcher.name == "train-mae"
     assert dict(launcher.additional_parameters) == {"signal": "USR1@120", "requeue": True}
-    assert list(launcher.setup) == ["export SRUN_CPUS_PER_TASK=8"]
+    assert list(launcher.setup) == ["export SRUN_CPUS_PER_TASK=1"]  # data.num_workers=0 + the rank
     cpu = compose_with_hydra(["+experiment=mae", "launcher=slurm", "trainer.devices=2"])
     assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.gpus_per_node) == (2, None)
     local = compose_with_hydra(["+experiment=mae"])
@@ -342,3 +342,66 @@ def test_job_that_dies_hard_fails_the_sweep_promptly(slurm_env, tmp_path):
                      re.DOTALL), sweep.output[-5000:]
     assert sweep.elapsed < 120, f"the sweep took {sweep.elapsed:.0f} s to notice the dead job"
     print(f"dead job noticed after {sweep.elapsed:.1f} s")
+
+
+# --- defaults that follow the job, and a refused submission in one line -------------------------
+
+@pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("infinite", None), ("1:00:00", 60), ("30:00", 30),
+                                         ("2-00:00:00", 2880), ("1-12", 2160), ("45", 45), ("0:30:30", 31)])
+def test_slurm_time_formats(text, minutes):
+    from maskfm.slurm import parse_slurm_minutes
+
+    assert parse_slurm_minutes(text) == minutes
+
+
+def test_sbatch_refusals_name_the_launcher_key():
+    from maskfm.slurm import sbatch_refusal_message
+
+    msg = sbatch_refusal_message("sbatch: error: Batch job submission failed: More processors requested than "
+                                 "permitted", {"cpus_per_task": 8})
+    assert msg == ("sbatch refused the job: 'Batch job submission failed: More processors requested than "
+                   "permitted'; change hydra.launcher.cpus_per_task (now 8)")
+    assert "hydra.launcher.timeout_min (now 1440)" in sbatch_refusal_message(
+        "sbatch: error: Requested time limit is invalid (missing or exceeds some limit)", {"timeout_min": 1440})
+
+
+def test_cpus_follow_the_data_workers_and_time_the_partition(slurm_env, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+    from maskfm.slurm import partition_time_limit
+
+    assert partition_time_limit("debug") == partition_time_limit(None) == 60  # the test cluster's MaxTime
+    assert partition_time_limit("no-such-partition") == 1440
+    cfg = compose_with_hydra(["+experiment=mae", "launcher=slurm"])
+    assert cfg.hydra.launcher.cpus_per_task == cfg.data.num_workers + 1 == 1
+    assert cfg.hydra.launcher.timeout_min == 60
+    cfg = compose_with_hydra(["+experiment=mae", "launcher=slurm", "data=imagefolder", "data.root=/x"])
+    assert cfg.hydra.launcher.cpus_per_task == 9  # 8 loader workers + the rank
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,key", [("hydra.launcher.cpus_per_task=8", "cpus_per_task (now 8)"),
+                                          ("hydra.launcher.timeout_min=1440", "timeout_min (now 1440)")])
+def test_a_refused_submission_ends_in_one_line(slurm_env, tmp_path, override, key):
+    args = [sys.executable, "-m", "maskfm.train", "-m", "+experiment=mae", *TINY_MAE, "masking.ratio=0.6,0.7",
+            "launcher=slurm", override, f"paths.log_dir={tmp_path}/runs", "print_config=false"]
+    proc = subprocess.run(args, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: sbatch refused the job: '") and key in errors[0]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_runs_with_the_defaults_on_a_small_cluster(slurm_env, tmp_path):
+    """The README's sweep on a 2-CPU node with a 1-hour partition: no resource option needed."""
+    args = [sys.executable, "-m", "maskfm.train", "-m", "+experiment=mae", *TINY_MAE, "masking.ratio=0.6,0.7",
+            "launcher=slurm", "data.img_size=32", "data.num_train=16", "data.num_val=8", "data.batch_size=8",
+            "trainer.max_steps=2", "callbacks.reconstructions.every_n_steps=0", "torch_threads=1",
+            f"paths.log_dir={tmp_path}/runs", "print_config=false"]
+    proc = subprocess.run(args, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = sorted((tmp_path / "runs" / "train" / "mae").glob("multirun_*/*/metrics.csv"))
+    assert len(metrics) == 2  # each job left its metrics file (2 steps, below the logging interval)
+    for path in metrics:
+        rows = [r for r in csv.DictReader(open(path)) if r.get("train/loss")]
+        assert [r["step"] for r in rows] == ["1"]

@@ -9,6 +9,8 @@ from typing import TypeVar
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from maskfm.errors import UserInputError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -25,6 +27,12 @@ class LoaderDataModule(L.LightningDataModule):
     collate_fn = None  # a DataLoader collate function; None = torch's default
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        if train and len(dataset) < self.batch_size:  # drop_last: the loader would be empty
+            source = getattr(self, "hparams", {}).get("root") or type(self).__name__
+            raise UserInputError(
+                f"{source}: the training set has {len(dataset)} samples, fewer than one batch "
+                f"(data.batch_size={self.batch_size}), so training would run no step; lower data.batch_size "
+                "or add data")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

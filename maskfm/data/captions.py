@@ -38,6 +38,7 @@ from torchvision import transforms as T
 
 from maskfm.data.base import LoaderDataModule, load_or_skip
 from maskfm.data.caption_scenes import GROUNDED_KINDS, render_scene, sample_scene
+from maskfm.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ _SPECIAL_ORDER = {
 Transform = Callable[[Image.Image], Any]
 
 
-class CaptionRecordError(ValueError):
+class CaptionRecordError(UserInputError):
     """A caption record that cannot be used (bad image, missing file, empty caption...)."""
 
 
@@ -260,6 +261,9 @@ def clip_transform(img_size: int) -> T.Compose:
 
 
 def _decode(data: bytes | None, where: str) -> Image.Image:
+    if data is not None and not isinstance(data, (bytes, bytearray)):
+        shown = repr(data)[:60]
+        raise CaptionRecordError(f"{where}: the image is a {type(data).__name__} ({shown}), expected encoded image bytes")
     if not data:
         raise CaptionRecordError(f"{where}: image is empty")
     try:
@@ -405,6 +409,8 @@ class ArrowCaptions(_RecordDataset):
                     f"Arrow file '{path}' lacks column(s) {sorted(missing)} "
                     f"(has {table.column_names}; expected image, caption, image_id, split)"
                 )
+            if table.num_rows == 0:
+                raise CaptionRecordError(f"Arrow file '{path}' has no rows")
             caps = table.column("caption")
             if pa.types.is_list(caps.type) or pa.types.is_large_list(caps.type):
                 lens = pc.list_value_length(caps).fill_null(0).to_pylist()
@@ -449,6 +455,16 @@ class ArrowCaptions(_RecordDataset):
         return img, caption, f"{where} caption {k}"
 
 
+def _read_utf8(path: Path) -> str:
+    """The file as text; invalid UTF-8 is named with its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CaptionRecordError(f"{path} line {line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+
 class FolderCaptions(_RecordDataset):
     """``<split>.jsonl`` / ``.csv`` with ``image`` (relative to ``image_dir``) and
     ``caption`` (a string; in JSONL also a list of strings, one sample each)."""
@@ -460,41 +476,51 @@ class FolderCaptions(_RecordDataset):
         encoder: TextEncoder | None,
         transform: Transform | None = None,
         skip_corrupt: bool = False,
+        root: str | os.PathLike | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__(encoder, transform, skip_corrupt)
         self.file, self.image_dir = Path(captions_file), Path(image_dir)
+        self.root = Path(root if root is not None else image_dir).resolve()
+        self.allow_outside_root = allow_outside_root
         if not self.file.is_file():
             raise FileNotFoundError(f"caption file '{self.file}' does not exist")
         self.records: list[tuple[int, Any, Any]] = []  # (line/row number, image, caption)
+        text = _read_utf8(self.file)
         if self.file.suffix == ".csv":
-            with open(self.file, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                missing = {"image", "caption"} - set(reader.fieldnames or ())
-                if missing:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            missing = {"image", "caption"} - set(reader.fieldnames or ())
+            if missing:
+                raise CaptionRecordError(
+                    f"'{self.file}' lacks column(s) {sorted(missing)} "
+                    f"(header {reader.fieldnames})"
+                )
+            start = reader.line_num + 1
+            for r in reader:
+                if any("\n" in v for v in r.values() if isinstance(v, str)):  # a quoted field ran over line ends: an unclosed quote merges the rows after it
                     raise CaptionRecordError(
-                        f"'{self.file}' lacks column(s) {sorted(missing)} "
-                        f"(header {reader.fieldnames})"
-                    )
-                self.records = [(i + 2, r["image"], r["caption"]) for i, r in enumerate(reader)]
+                        f"{self.file} line {start}: a quoted field runs to line {reader.line_num}; an unclosed "
+                        "quote? (a caption is one line)")
+                self.records.append((reader.line_num, r["image"], r["caption"]))
+                start = reader.line_num + 1
         else:
-            with open(self.file, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError as e:
+            for line_no, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CaptionRecordError(
+                        f"{self.file} line {line_no}: bad JSON: {e}"
+                    ) from e
+                if not isinstance(r, dict) or not {"image", "caption"} <= r.keys():
+                    if not skip_corrupt:
                         raise CaptionRecordError(
-                            f"{self.file} line {line_no}: bad JSON: {e}"
-                        ) from e
-                    if not isinstance(r, dict) or not {"image", "caption"} <= r.keys():
-                        if not skip_corrupt:
-                            raise CaptionRecordError(
-                                f"{self.file} line {line_no}: needs 'image' and 'caption' keys"
-                            )
-                        r = {"image": None, "caption": None}  # reported (counted) when read
-                    caps = r["caption"] if isinstance(r["caption"], list) else [r["caption"]]
-                    self.records.extend((line_no, r["image"], c) for c in caps or [None])
+                            f"{self.file} line {line_no}: needs 'image' and 'caption' keys"
+                        )
+                    r = {"image": None, "caption": None}  # reported (counted) when read
+                caps = r["caption"] if isinstance(r["caption"], list) else [r["caption"]]
+                self.records.extend((line_no, r["image"], c) for c in caps or [None])
         if not self.records:
             raise FileNotFoundError(f"no caption records in '{self.file}'")
         self._row_word = "row" if self.file.suffix == ".csv" else "line"
@@ -505,10 +531,16 @@ class FolderCaptions(_RecordDataset):
     def load(self, idx: int) -> tuple[Image.Image, str, str]:
         line, image, caption = self.records[idx]
         where = f"{self.file} {self._row_word} {line} (image {image!r})"
+        if image is not None and not isinstance(image, str):
+            raise CaptionRecordError(f"{where}: 'image' is a {type(image).__name__}, expected a path string")
         if not image:
             raise CaptionRecordError(f"{where}: missing image path")
         caption = _check_caption(caption, where)
         path = self.image_dir / image
+        inside = all(Path(p).is_relative_to(self.root) for p in (os.path.normpath(path.absolute()), path.resolve()))
+        if not self.allow_outside_root and not inside:  # lexically and after symlinks
+            raise CaptionRecordError(f"{where}: image path leaves the data root '{self.root}' "
+                                     "(data.allow_outside_root=true allows it)")
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -577,6 +609,7 @@ class CaptionDataModule(LoaderDataModule):
         image_dir: str = "images",
         grounded_kinds: Sequence[str] = GROUNDED_KINDS,
         pin_memory: bool = False,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -639,7 +672,8 @@ class CaptionDataModule(LoaderDataModule):
         for ext in (".jsonl", ".csv"):
             if (base / f"{split}{ext}").is_file():
                 return FolderCaptions(
-                    base / f"{split}{ext}", base / hp.image_dir, enc, transform, hp.skip_corrupt
+                    base / f"{split}{ext}", base / hp.image_dir, enc, transform, hp.skip_corrupt,
+                    root=base, allow_outside_root=hp.allow_outside_root,
                 )
         raise FileNotFoundError(f"no '{split}.jsonl' or '{split}.csv' under '{base}'")
 
