@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +53,10 @@ def test_synthetic_deterministic_by_seed_and_split():
         assert pts.shape != a["points"].shape or not torch.equal(pts, a["points"])
 
 
-def test_synthetic_sweep_contents_and_speed():
+def test_synthetic_sweep_contents():
+    """Time per sweep: ``python -m maskfm.bench +experiment=rmae`` (``bench.dataset_samples``)."""
     ds = SyntheticLidar(4, beams=32, seed=3)
-    ds[0]  # warm-up
-    t0 = time.perf_counter()
     samples = [ds[i] for i in range(4)]
-    ms = (time.perf_counter() - t0) / 4 * 1e3
     for s in samples:
         pts, lab = s["points"], s["labels"]
         assert pts.dtype == torch.float32 and pts.shape[1] == 4 and lab.dtype == torch.long
@@ -71,10 +68,6 @@ def test_synthetic_sweep_contents_and_speed():
         assert rng.min() > ds.sensor.min_range - 0.1 and rng.max() < ds.sensor.max_range + 0.1
         assert pts[:, 3].min() >= 0 and pts[:, 3].max() <= 1
         assert pts[lab == CAR, 2].min() > GROUND_Z and pts[lab == BUILDING, 2].max() > 2.0
-    print(
-        f"synthetic 32-beam sweep: {ms:.1f} ms, {np.mean([len(s['points']) for s in samples]):.0f} pts"
-    )
-    assert ms < 1000  # target ~25 ms on one core; generous bound for loaded CI machines
     pts64 = SyntheticLidar(1, beams=64, seed=3)[0]["points"]
     assert len(pts64) > 1.5 * len(samples[0]["points"]) or len(pts64) > 40_000
 

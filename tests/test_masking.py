@@ -113,3 +113,22 @@ def test_mask_indices_rejects_ragged_counts():
     mask = torch.tensor([[True, False, False], [True, True, False]])
     with pytest.raises(ValueError, match=r"hidden counts \[1, 2\]"):
         mask_indices(mask)
+
+
+@pytest.mark.parametrize("masker", [RandomMasker, BlockMasker])
+def test_a_ratio_that_hides_everything_is_refused(masker):
+    with pytest.raises(ValueError, match=r"masking.ratio=1.0: .* would hide every token and the encoder would see nothing"):
+        masker(1.0)
+    layout = TokenLayout.grid(2, 2, 2)  # 4 tokens: round(0.9 x 4) = 4, all of them
+    with pytest.raises(ValueError, match=r"masking.ratio=0.9: round\(ratio x 4 tokens\) hides every token"):
+        masker(0.9)(layout, gen())
+    assert masker(0.6)(layout, gen()).sum(1).tolist() == [2, 2]
+
+
+def test_full_masks_stay_allowed_where_they_mean_something():
+    from maskfm.masking import RadialMasker, WholeWordMasker
+
+    with pytest.raises(ValueError, match="masking.ratio=1.0"):
+        RadialMasker(1.0)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    assert WholeWordMasker(1.0)(TokenLayout.sequence(valid), gen()).all()  # MLM: the picture is still seen

@@ -28,10 +28,13 @@ On-disk formats (reference lidar.md §3), read without pickled info files:
 Without a split list, every file is used (for every split) and a warning is logged.
 
 Bad input raises :class:`~maskfm.data.points.CorruptPointCloudError` naming the file: a size that
-is not a whole number of records, an unreadable or mis-shaped ``.npy``, no points, NaN/inf values,
-or (given a grid) no point inside the grid's ``point_cloud_range``. A listed file that does not
-exist raises ``FileNotFoundError``. With ``skip_corrupt=True`` such sweeps are skipped: the next
-usable one is returned and ``"skipped"`` counts how many were passed over.
+is not a whole number of records, a ``.bin`` whose values are implausible for its format (written
+as float64 or with another column count, see :func:`check_plausible`), an unreadable or mis-shaped
+``.npy``, no points, NaN/inf values, or (given a grid) no point inside the grid's
+``point_cloud_range`` or fewer than ``min_voxels`` non-empty voxels (:data:`MIN_VOXELS`). A
+listed file that does not exist raises ``FileNotFoundError``. With ``skip_corrupt=True`` such
+sweeps are skipped: the next usable one is returned and ``"skipped"`` counts how many were passed
+over.
 """
 
 from __future__ import annotations
@@ -66,9 +69,11 @@ __all__ = [
     "GlobalAugment",
     "KittiVelodyne",
     "LidarDataModule",
+    "MIN_VOXELS",
     "NuScenesLidar",
     "SyntheticLidar",
     "WaymoNpy",
+    "check_plausible",
     "collate_lidar",
     "read_bin",
     "resolve_grid",
@@ -78,6 +83,21 @@ DATASETS = ("synthetic", "kitti", "nuscenes", "waymo")
 NUSCENES_COLUMNS = ("x", "y", "z", "intensity", "ring")  # on disk; we keep x, y, z, intensity/255
 WAYMO_COLUMNS = ("x", "y", "z", "intensity", "elongation", "nlz_flag")  # keep x, y, z, tanh(int.)
 _SPLIT = re.compile(r"^[\w.-]+$")
+
+# Fewest non-empty voxels a sweep must fill (given a grid) to be served. R-MAE's sparse backbone
+# needs at least 2 visible voxels per batch (BatchNorm in training; with none, spconv stops on a
+# C++ "tensor must not empty" assertion), and its radial masking keeps only 10 % of the occupied
+# 1-degree sectors, so a sweep alone needs >= 20 voxels spread over >= 10 sectors. 100 leaves a
+# margin; real sweeps fill 10^4 voxels or more. ``min_voxels=1`` keeps only the in-range check.
+MIN_VOXELS = 100
+
+# Raw .bin sweeps have no header, so a file written as float64 or with another column count reads
+# as garbage of a valid size. It shows in the magnitudes: no LiDAR returns points beyond
+# MAX_RANGE_M (KITTI/nuScenes sensors reach ~100-200 m) and the intensity column has a fixed
+# range. A file where more than _IMPLAUSIBLE_FRACTION of the points break this is refused
+# (misread files break it for 25-100 % of their points; a stray point is dropped by the grid).
+MAX_RANGE_M = 1000.0
+_IMPLAUSIBLE_FRACTION = 0.05
 
 
 # --------------------------------------------------------------------------------------
@@ -94,13 +114,36 @@ def read_bin(path: str | os.PathLike, num_columns: int) -> np.ndarray:
         if size % record:
             raise CorruptPointCloudError(
                 f"'{path}': size {size} bytes is not a multiple of {record} "
-                f"(float32 x {num_columns} per point)"
+                f"(float32 x {num_columns} per point; written with another dtype or column count?)"
             )
         return np.fromfile(path, dtype="<f4").reshape(-1, num_columns)
     except FileNotFoundError:
         raise
     except OSError as e:
         raise CorruptPointCloudError(f"cannot read '{path}': {type(e).__name__}: {e}") from e
+
+
+def check_plausible(
+    raw: np.ndarray, path: str | os.PathLike, columns: Sequence[str], intensity_max: float
+) -> None:
+    """Refuse a ``.bin`` read as (N, len(columns)) float32 whose values cannot be a sweep.
+
+    Flags files where more than 5 % (``_IMPLAUSIBLE_FRACTION``) of the points have |x|, |y| or
+    |z| > :data:`MAX_RANGE_M` or the intensity (4th column) outside ``[0, intensity_max]``: what
+    float64 files or files with a different column count look like when read as float32 x
+    ``len(columns)``.
+    """
+    xyz, intensity = raw[:, :3], raw[:, 3]
+    bad = (np.abs(xyz) > MAX_RANGE_M).any(axis=1) | (intensity < 0) | (intensity > intensity_max)
+    if len(raw) and bad.mean() > _IMPLAUSIBLE_FRACTION:
+        row = int(np.flatnonzero(bad)[0])
+        values = ", ".join(f"{v:.4g}" for v in raw[row])
+        raise CorruptPointCloudError(
+            f"'{path}': values implausible for float32 {', '.join(columns)}: {int(bad.sum())} of "
+            f"{len(raw)} points have |x|, |y| or |z| > {MAX_RANGE_M:g} m or {columns[3]} outside "
+            f"[0, {intensity_max:g}] (first at row {row}: [{values}]); maybe written as float64 "
+            "or with a different column count"
+        )
 
 
 def _read_waymo_npy(path: Path) -> np.ndarray:
@@ -194,7 +237,8 @@ class _LidarDataset(Dataset):
     """Shared ``__getitem__``: load sweep j (skipping unusable ones), check, voxelise.
 
     ``grid`` (a :class:`VoxelGrid` or preset name) enables the in-range check and voxelisation;
-    ``max_points_per_voxel`` defaults to the grid's, ``max_voxels=None`` keeps all voxels.
+    ``max_points_per_voxel`` defaults to the grid's, ``max_voxels=None`` keeps all voxels. A sweep
+    whose in-range points fill fewer than ``min_voxels`` voxels is unusable (:data:`MIN_VOXELS`).
     ``shuffle_points`` permutes the points before voxelisation (OpenPCDet's ``shuffle_points``
     for training; it changes which points and voxels the limits keep), ``augment`` is applied
     before that.
@@ -208,8 +252,12 @@ class _LidarDataset(Dataset):
         skip_corrupt: bool = False,
         shuffle_points: bool = False,
         augment: GlobalAugment | None = None,
+        min_voxels: int = MIN_VOXELS,
     ) -> None:
+        if min_voxels < 0:
+            raise ValueError(f"min_voxels must be >= 0, got {min_voxels}")
         self.grid = resolve_grid(grid) if isinstance(grid, str) else grid
+        self.min_voxels = min_voxels
         self.max_points_per_voxel = max_points_per_voxel
         self.max_voxels = max_voxels
         self.skip_corrupt = skip_corrupt
@@ -228,10 +276,22 @@ class _LidarDataset(Dataset):
         if len(points) == 0:
             raise CorruptPointCloudError(f"'{name}' contains no points")
         _check_finite(points, name)
-        if self.grid is not None and not bool(self.grid.in_range(points).any()):
+        if self.grid is None:
+            return
+        coords, inside = self.grid.voxel_coords(torch.from_numpy(points))
+        if not bool(inside.any()):
             raise CorruptPointCloudError(
                 f"'{name}': none of its {len(points)} points lies inside point_cloud_range "
                 f"{list(self.grid.point_cloud_range)} of the {self.grid.name!r} grid"
+            )
+        gx, gy, _ = self.grid.grid_size
+        c = coords[inside]
+        filled = len(torch.unique((c[:, 2] * gy + c[:, 1]) * gx + c[:, 0]))
+        if filled < self.min_voxels:
+            raise CorruptPointCloudError(
+                f"'{name}': its {len(c)} points inside point_cloud_range fill only {filled} "
+                f"voxels of the {self.grid.name!r} grid, fewer than min_voxels={self.min_voxels} "
+                "(too few for the sparse voxel backbone)"
             )
 
     def _load_checked(self, idx: int) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -296,8 +356,11 @@ class SyntheticLidar(_LidarDataset):
         max_voxels: int | None = None,
         shuffle_points: bool = False,
         augment: GlobalAugment | None = None,
+        min_voxels: int = MIN_VOXELS,
     ) -> None:
-        super().__init__(grid, max_points_per_voxel, max_voxels, False, shuffle_points, augment)
+        super().__init__(
+            grid, max_points_per_voxel, max_voxels, False, shuffle_points, augment, min_voxels
+        )
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if seed < 0:
@@ -359,9 +422,11 @@ class KittiVelodyne(_FileLidar):
         skip_corrupt: bool = False,
         shuffle_points: bool = False,
         augment: GlobalAugment | None = None,
+        min_voxels: int = MIN_VOXELS,
     ) -> None:
         super().__init__(
-            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment
+            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment,
+            min_voxels,
         )
         self.root = _check_root(root, "KITTI")
         self.split = split
@@ -376,6 +441,7 @@ class KittiVelodyne(_FileLidar):
 
     def _read(self, path: Path) -> np.ndarray:
         pts = read_bin(path, 4)
+        check_plausible(pts, path, ("x", "y", "z", "reflectance"), 1.0)
         _check_finite(pts, str(path))
         return pts
 
@@ -398,9 +464,11 @@ class NuScenesLidar(_FileLidar):
         skip_corrupt: bool = False,
         shuffle_points: bool = False,
         augment: GlobalAugment | None = None,
+        min_voxels: int = MIN_VOXELS,
     ) -> None:
         super().__init__(
-            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment
+            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment,
+            min_voxels,
         )
         self.root = _check_root(root, "nuScenes")
         self.split = split
@@ -419,6 +487,7 @@ class NuScenesLidar(_FileLidar):
 
     def _read(self, path: Path) -> np.ndarray:
         raw = read_bin(path, len(NUSCENES_COLUMNS))
+        check_plausible(raw, path, NUSCENES_COLUMNS, 255.0)
         pts = raw[:, :4].copy()
         _check_finite(pts, str(path))
         pts[:, 3] /= 255.0
@@ -446,9 +515,11 @@ class WaymoNpy(_FileLidar):
         skip_corrupt: bool = False,
         shuffle_points: bool = False,
         augment: GlobalAugment | None = None,
+        min_voxels: int = MIN_VOXELS,
     ) -> None:
         super().__init__(
-            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment
+            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment,
+            min_voxels,
         )
         self.root = _check_root(root, "Waymo")
         self.split = split
@@ -589,7 +660,8 @@ class LidarDataModule(LoaderDataModule):
     Grid: ``grid`` preset name (or None) with optional ``point_cloud_range`` / ``voxel_size`` /
     ``max_points_per_voxel`` overrides (:func:`resolve_grid`). ``max_voxels``: None -> the
     grid's MAX_NUMBER_OF_VOXELS (train limit for the train set, test limit otherwise; none for a
-    custom grid), 0 -> unlimited, n -> n for every set.
+    custom grid), 0 -> unlimited, n -> n for every set. ``min_voxels``: sweeps filling fewer
+    voxels are unusable (raise, or are skipped with ``skip_corrupt``; :data:`MIN_VOXELS`).
 
     ``shuffle_points`` and ``augment`` (:class:`GlobalAugment`; off by default) apply to the
     train set only. ``eval_dataloaders()`` returns unshuffled ``(train, val)`` loaders without
@@ -621,6 +693,7 @@ class LidarDataModule(LoaderDataModule):
         augment: bool = False,
         drop_nlz_points: bool = False,
         pin_memory: bool = False,
+        min_voxels: int = MIN_VOXELS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -635,6 +708,8 @@ class LidarDataModule(LoaderDataModule):
             )
         if dataset != "synthetic":
             _check_root(root, dataset)
+        if min_voxels < 0:
+            raise ValueError(f"min_voxels must be >= 0, got {min_voxels}")
         if max_voxels is not None and max_voxels < 0:
             raise ValueError(
                 f"max_voxels must be None, 0 (unlimited) or positive, got {max_voxels}"
@@ -663,6 +738,7 @@ class LidarDataModule(LoaderDataModule):
             "max_voxels": self._max_voxels(train),
             "shuffle_points": hp.shuffle_points and train,
             "augment": GlobalAugment() if hp.augment and train else None,
+            "min_voxels": hp.min_voxels,
         }
         if self.dataset == "synthetic":
             n = hp.num_train if split == hp.train_split else hp.num_val

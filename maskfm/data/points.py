@@ -2,8 +2,10 @@
 
 Every dataset returns ``{"points": FloatTensor (num_points, 3), "label": int, "skipped": int}``
 so that all sources collate to the same batch keys. The on-disk formats are those of the
-Point-BERT / Point-MAE code base (see each class). Files that exist but cannot be used raise
-:class:`CorruptPointCloudError` (a ``ValueError``), list entries whose file is missing raise
+Point-BERT / Point-MAE code base (see each class). Files that exist but cannot be used (also:
+NaN/inf or implausibly large coordinates, checked on every stored point, see
+:data:`MAX_ABS_COORD_UNIT`) raise :class:`CorruptPointCloudError` (a ``ValueError``), as does a
+list or h5 file with no entries (at construction); list entries whose file is missing raise
 ``FileNotFoundError``; both messages name the file. With ``skip_corrupt=True`` such samples are
 skipped (the next usable sample is returned) and ``"skipped"`` counts how many were passed over.
 
@@ -66,6 +68,15 @@ DATASETS = ("synthetic", "shapenet55", "modelnet40", "scanobjectnn")
 CACHE_VERSION = 1
 _SPLITS = ("train", "test")
 _FPS_CHUNK = 64  # clouds per batched FPS call when building caches
+
+# Largest plausible |coordinate|, checked on every stored point when a file or row is read (not
+# only on the sampled subset, so a bad file fails on every epoch alike, naming file and row).
+# The released ShapeNet-55 .npy and ModelNet40 .txt clouds are normalised to about the unit
+# sphere; ScanObjectNN stores object scans in metres, a few metres across. The bounds leave a
+# wide margin (other units, re-exports) yet catch outliers that would squash the normalised cloud
+# to a point (1e6), overflow float32 sums (1e20) or reach the model as a NaN loss (1e30).
+MAX_ABS_COORD_UNIT = 1e3  # ShapeNet-55, ModelNet40
+MAX_ABS_COORD_METRES = 1e2  # ScanObjectNN
 
 
 class CorruptPointCloudError(ValueError):
@@ -153,9 +164,17 @@ def scale_and_translate(
 
 
 def _check_points(
-    arr: Any, path: Path | str, need: int, columns: Sequence[int] | None = None
+    arr: Any,
+    path: Path | str,
+    need: int,
+    columns: Sequence[int] | None = None,
+    max_abs: float = MAX_ABS_COORD_UNIT,
 ) -> np.ndarray:
-    """Validate one stored cloud and return its xyz as float32 (N, 3), or raise naming ``path``."""
+    """Validate one stored cloud and return its xyz as float32 (N, 3), or raise naming ``path``.
+
+    Every point must be finite with all coordinates within ``±max_abs`` (checked on the whole
+    cloud, so that the outcome does not depend on which points a sampler draws).
+    """
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
         kind = type(arr).__name__ if not isinstance(arr, np.ndarray) else f"dtype {arr.dtype}"
         raise CorruptPointCloudError(f"'{path}': expected a numeric (N, 3) array, got {kind}")
@@ -174,6 +193,13 @@ def _check_points(
         raise CorruptPointCloudError(
             f"'{path}' has {int(bad.sum())} points with NaN/inf coordinates "
             f"(first at row {int(np.flatnonzero(bad)[0])})"
+        )
+    huge = (np.abs(xyz) > max_abs).any(axis=1)
+    if huge.any():
+        row = int(np.flatnonzero(huge)[0])
+        raise CorruptPointCloudError(
+            f"'{path}' has {int(huge.sum())} points with a coordinate beyond ±{max_abs:g}, "
+            f"implausible for this format (first at row {row}: {xyz[row].tolist()})"
         )
     return xyz
 
@@ -340,7 +366,8 @@ class ShapeNet55(_PointCloudDataset):
 
     Sampling as the original: a random subset of ``num_points`` of the stored points (torch
     RNG; seeded by the index with ``deterministic=True``), then ``pc_norm`` (centroid to the
-    origin, largest radius 1), for both splits.
+    origin, largest radius 1), for both splits. The whole stored cloud is checked first: a point
+    beyond ``±MAX_ABS_COORD_UNIT`` makes the file unusable whether or not it is sampled.
     """
 
     def __init__(
@@ -479,9 +506,10 @@ class ModelNet40(_PointCloudDataset):
     normalised and subsampled like the raw ones. If the .dat is the only source and
     ``trust_pickle`` is False, :class:`UntrustedPickleError` explains how to convert it.
 
-    Unusable shapes raise when the cache is built; with ``skip_corrupt=True`` they are recorded
-    in the cache and skipped (counted in ``"skipped"``). A cache that records skipped shapes is
-    refused with ``skip_corrupt=False``.
+    Unusable shapes (also: a coordinate beyond ``±MAX_ABS_COORD_UNIT``) raise when the cache is
+    built; with ``skip_corrupt=True`` they are recorded in the cache and skipped (counted in
+    ``"skipped"``). A cache that records skipped shapes is refused with ``skip_corrupt=False``,
+    and one where no shape is usable always.
     """
 
     def __init__(
@@ -527,6 +555,11 @@ class ModelNet40(_PointCloudDataset):
         self.labels = np.array([e[1] for e in self.entries], dtype=np.int64)
         self.points, problems, self.cache_path = self._resolve()
         bad = [i for i, p in enumerate(problems) if p]
+        if bad and len(bad) == len(problems):  # nothing left to serve, even when skipping
+            raise CorruptPointCloudError(
+                f"none of the {len(bad)} ModelNet40 {split} shapes listed in '{self.list_file}' "
+                f"is usable (first: {problems[bad[0]]})"
+            )
         if bad and not skip_corrupt:
             raise CorruptPointCloudError(
                 f"{len(bad)} ModelNet40 {split} shapes are unusable (first: {problems[bad[0]]}); "
@@ -697,9 +730,14 @@ class ModelNet40(_PointCloudDataset):
         finite = np.isfinite(xyz).all(axis=(1, 2))
         for j in np.flatnonzero(~finite):
             self._problem(f"'{path}' row {j} ({self.ids[j]}) has NaN/inf coordinates", problems, j)
-        xyz = np.where(finite[:, None, None], xyz, 1.0)  # placeholders, never served
+        largest = np.abs(np.where(finite[:, None, None], xyz, 0)).max(axis=(1, 2))
+        for j in np.flatnonzero(largest > MAX_ABS_COORD_UNIT):
+            self._problem(f"'{path}' row {j} ({self.ids[j]}) has a coordinate beyond "
+                          f"±{MAX_ABS_COORD_UNIT:g} ({largest[j]:g})", problems, j)  # fmt: skip
+        usable = finite & (largest <= MAX_ABS_COORD_UNIT)
+        xyz = np.where(usable[:, None, None], xyz, 1.0)  # placeholders, never served
         out, ok = self._sample(xyz, normalized=bool(data.get("normalized", False)))
-        for j in np.flatnonzero(~ok & finite):
+        for j in np.flatnonzero(~ok & usable):
             self._problem(f"'{path}' row {j} ({self.ids[j]}): all points coincide", problems, j)
         if target.resolve() == path.resolve():  # a converted file named like the derived cache
             return out, problems, target
@@ -761,8 +799,9 @@ class ScanObjectNN(_PointCloudDataset):
     ``misc.fps``), ``"first"`` the first ``num_points`` stored points; with ``num_points`` equal
     to the stored count the points are returned unchanged.
 
-    A file-level problem (unreadable, wrong keys/shapes, too few points) always raises; rows
-    with NaN/inf coordinates or an out-of-range label raise too, or with ``skip_corrupt=True``
+    A file-level problem (unreadable, wrong keys/shapes, no objects, too few points, no usable
+    row) always raises; rows with NaN/inf coordinates, a coordinate beyond
+    ``±MAX_ABS_COORD_METRES`` or an out-of-range label raise too, or with ``skip_corrupt=True``
     are skipped and counted.
     """
 
@@ -801,15 +840,21 @@ class ScanObjectNN(_PointCloudDataset):
             )
         data, labels = self._read(self.path)
         bad_xyz = ~np.isfinite(data).all(axis=(1, 2))
+        largest = np.abs(np.where(bad_xyz[:, None, None], 0, data)).max(axis=(1, 2))
         bad_label = (labels < 0) | (labels >= len(self.classes))
         problems = {
             **{int(j): f"row {j} has labels {labels[j]} outside [0, {len(self.classes)})"
                for j in np.flatnonzero(bad_label)},
+            **{int(j): f"row {j} has a coordinate beyond ±{MAX_ABS_COORD_METRES:g} m "
+                       f"({largest[j]:g}), implausible for an object scan"
+               for j in np.flatnonzero(largest > MAX_ABS_COORD_METRES)},
             **{int(j): f"row {j} has NaN/inf coordinates" for j in np.flatnonzero(bad_xyz)},
         }  # fmt: skip
         if problems:
             first = min(problems)
             msg = f"'{self.path}': {len(problems)} unusable rows (first: {problems[first]})"
+            if len(problems) == len(data):
+                raise CorruptPointCloudError(f"{msg}: none of its {len(data)} rows is usable")
             if not skip_corrupt:
                 raise CorruptPointCloudError(msg)
             log.warning("ScanObjectNN: skipping %s", msg)
@@ -864,6 +909,8 @@ class ScanObjectNN(_PointCloudDataset):
                 f"'{path}': 'label' must be an integer (N,) array, got {labels.dtype} {labels.shape}"
             )
         labels = labels.reshape(-1)
+        if len(data) == 0:
+            raise CorruptPointCloudError(f"'{path}' holds no objects ('data' has shape {data.shape})")
         if len(labels) != len(data):
             raise CorruptPointCloudError(
                 f"'{path}' has {len(data)} objects in 'data' but {len(labels)} in 'label'"

@@ -94,6 +94,11 @@ class RMAE(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
         coords, batch_size = batch["voxel_coords"], int(batch["batch_size"])
         hidden = self.masker.mask_voxels(self.voxel_centers(coords), coords[:, 0].long(), batch_size, generator)
+        if int((~hidden).sum()) < 2:  # spconv asserts on an empty tensor, BatchNorm needs two values
+            raise ValueError(
+                f"R-MAE: {int((~hidden).sum())} of the batch's {len(coords)} voxels stay visible after masking "
+                f"(ratio {self.masker.ratio}); the sparse backbone needs at least 2: the sweeps fill too few "
+                "voxels (data.min_voxels) or sectors, or the ratio is too high")
         encoded = self.encode(batch, keep=~hidden)["encoded"]
         args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape), coords, batch_size, self.sparse_shape)
         loss = (self.decoder.loss(*args, generator=generator) if self.decoder_kind == "sparse"
