@@ -24,8 +24,23 @@ def exit_on_user_error(main: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserInputError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            cause = user_error_behind(e)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def user_error_behind(error: BaseException) -> UserInputError | None:
+    """The :class:`UserInputError` that ``error`` is or was raised from (Hydra's
+    ``instantiate`` wraps what a constructor raises), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserInputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +157,20 @@ def test_empty_datasets_fail_at_construction_naming_the_file(tmp_path):
     (tmp_path / "nowaymo" / "seg").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="nowaymo"):
         WaymoNpy(tmp_path / "nowaymo")
+
+
+def test_the_command_line_names_a_bad_point_dataset_in_one_line(tmp_path):
+    sn = make_shapenet(tmp_path / "sn")
+    (sn / "ShapeNet-55" / "train.txt").write_text("\n")
+    args = [sys.executable, "-m", "maskfm.train", "+experiment=point_mae", "data=shapenet55",
+            f"data.root={sn}", "data.num_workers=0", "print_config=false",
+            f"paths.log_dir={tmp_path}/runs"]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "train.txt' is empty" in errors[0], proc.stderr[-3000:]
+    assert str(sn) in errors[0]
+    assert "Traceback" not in proc.stderr
 
 
 @needs_h5py

@@ -23,6 +23,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from maskfm.data.base import LoaderDataModule, load_or_skip
+from maskfm.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ _SPLIT_IDS = {"train": 0, "test": 1}
 Transform = Callable[[Image.Image], Any]
 
 
-class CorruptImageError(OSError):
-    """An image file that exists but cannot be decoded."""
+class CorruptImageError(UserInputError, OSError):
+    """An image file that exists but cannot be decoded (an OSError, as PIL's are)."""
 
 
 # --------------------------------------------------------------------------------------

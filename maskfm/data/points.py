@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from maskfm.data.base import LoaderDataModule, load_or_skip
 from maskfm.data.synthetic_shapes import CLASSES, SyntheticShapes3D, sample_shape
+from maskfm.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ MAX_ABS_COORD_UNIT = 1e3  # ShapeNet-55, ModelNet40
 MAX_ABS_COORD_METRES = 1e2  # ScanObjectNN
 
 
-class CorruptPointCloudError(ValueError):
+class CorruptPointCloudError(UserInputError):
     """A point-cloud file (or a row of one) that exists but cannot be used; names the file."""
 
 
-class UntrustedPickleError(ValueError):
+class UntrustedPickleError(UserInputError):
     """A pickled cache (.dat) was found but ``trust_pickle`` is False."""
 
 
