@@ -27,7 +27,7 @@ from maskfm.interop.checkpoint_file import (
     is_maskfm_checkpoint,
     read_checkpoint,
 )
-from maskfm.methods import MaskedPretrainer
+from maskfm.methods.build import build_system
 from maskfm.run_dir import latest_checkpoint, register_resolvers
 from maskfm.slurm import (
     cluster_plugins,
@@ -48,20 +48,6 @@ def instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
-
-
-def build_system(cfg: DictConfig, datamodule=None) -> MaskedPretrainer:
-    """Method (masker + model) wrapped in the shared pretrainer.
-
-    A datamodule that knows facts the model needs (a text vocabulary: ``vocab_size``,
-    ``pad_token_id``...) exposes them as ``model_inputs() -> dict``; they are passed to the
-    model's constructor.
-    """
-    masker = instantiate(cfg.masking)
-    log.info("Instantiating method <%s> with %s", cfg.model._target_, masker)
-    from_data = datamodule.model_inputs() if hasattr(datamodule, "model_inputs") else {}
-    model = instantiate(cfg.model, masker=masker, **from_data)
-    return MaskedPretrainer(model, mask_seed=cfg.seed or 0, **instantiate(cfg.optim, _convert_="all"))
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:

@@ -58,9 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 class RankReplayMasker:
     """Masks the rows of rank r (``rows r::world_size``) with ``generators[r]``.
 
-    Wraps a method's masker; it serves both the token form ``masker(layout, generator)`` and
-    the flat voxel form ``masker.mask_voxels(positions, batch_idx, batch_size, generator)``.
-    The generator the method passes in is ignored.
+    Wraps a method's masker, for dense layouts (rows) and ragged ones (voxels of those
+    samples). The generator the method passes in is ignored.
     """
 
     def __init__(self, inner, world_size: int) -> None:
@@ -70,20 +69,19 @@ class RankReplayMasker:
     def __call__(self, layout, generator=None) -> torch.Tensor:
         mask = torch.zeros(layout.valid.shape, dtype=torch.bool, device=layout.valid.device)
         for r, gen in enumerate(self.generators):
-            rows = torch.arange(r, layout.batch_size, self.world_size, device=mask.device)
-            part = dataclasses.replace(
-                layout, positions=layout.positions[rows], valid=layout.valid[rows],
-                groups=None if layout.groups is None else layout.groups[rows])
+            if layout.is_ragged:  # voxels: rank r holds samples r::world_size, in order
+                rows = layout.batch_index % self.world_size == r
+                part = dataclasses.replace(
+                    layout, positions=layout.positions[rows], valid=layout.valid[rows],
+                    batch_index=layout.batch_index[rows] // self.world_size,
+                    ragged_batch_size=layout.batch_size // self.world_size)
+            else:
+                rows = torch.arange(r, layout.batch_size, self.world_size, device=mask.device)
+                part = dataclasses.replace(
+                    layout, positions=layout.positions[rows], valid=layout.valid[rows],
+                    groups=None if layout.groups is None else layout.groups[rows])
             mask[rows] = self.inner(part, gen)
         return mask
-
-    def mask_voxels(self, positions, batch_idx, batch_size, generator=None) -> torch.Tensor:
-        hidden = torch.zeros(len(positions), dtype=torch.bool, device=positions.device)
-        for r, gen in enumerate(self.generators):
-            sel = batch_idx % self.world_size == r  # voxels keep their order within the rank
-            hidden[sel] = self.inner.mask_voxels(positions[sel], batch_idx[sel] // self.world_size,
-                                                 batch_size // self.world_size, gen)
-        return hidden
 
 
 class ReplayRankMasks(Callback):

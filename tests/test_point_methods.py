@@ -30,9 +30,10 @@ def test_point_mae_hides_int_06_g_and_loss_is_chamfer_on_hidden_patches():
     pts = clouds(2, 1024)
     out = model({"points": pts}, torch.Generator().manual_seed(0))
     assert out.mask.sum(dim=1).tolist() == [38, 38]  # int(0.6 * 64)
-    assert out.pred.shape == (2, 38, 32, 3)
-    target = out.extras["target"]
-    assert torch.allclose(out.loss, chamfer_l2(out.pred.flatten(0, 1), target.flatten(0, 1)))
+    assert out.pred.shape == (2, 64, 32, 3)  # every patch, aligned with the mask
+    assert not out.pred[~out.mask].any()  # Point-MAE predicts hidden patches only: zeros elsewhere
+    hidden_pred, target = out.pred[out.mask].view(2, 38, 32, 3), out.extras["target"]
+    assert torch.allclose(out.loss, chamfer_l2(hidden_pred.flatten(0, 1), target.flatten(0, 1)))
     # targets are the hidden patches, centred on their centres
     groups = model.group(pts)
     assert torch.allclose(target, groups.neighborhood[out.mask].view(2, 38, 32, 3))

@@ -66,7 +66,7 @@ class ReconstructionPictures(Callback):
 
     def save(self, trainer, pl_module) -> Path | None:
         model = pl_module.model
-        if not hasattr(model, "reconstruction_panels") and not hasattr(model, "reconstruction_clouds"):
+        if not model.media:  # the method draws nothing
             return None
         examples = self._examples(trainer)
         if examples is None:
@@ -77,7 +77,7 @@ class ReconstructionPictures(Callback):
         clouds = None
         with torch.no_grad():
             out = pl_module(batch, generator=pl_module.mask_generator(0, stage="viz"))
-            if hasattr(model, "reconstruction_panels"):
+            if "panels" in model.media:
                 panels = {k: self.to_unit_range(trainer, v) for k, v in model.reconstruction_panels(batch, out).items()}
             else:  # point clouds: drawn headless
                 clouds = model.reconstruction_clouds(batch, out)

@@ -1,4 +1,5 @@
-"""Headless pictures of point clouds (no OpenGL): an oblique orthographic projection.
+"""Pictures of reconstructions: pixel panels for image methods, and headless pictures of
+point clouds (no OpenGL): an oblique orthographic projection.
 
 Points are drawn back to front, shaded by depth, so a reconstruction can be looked at in
 a PNG (or W&B) on machines where open3d cannot render offscreen.
@@ -10,6 +11,8 @@ import math
 
 import numpy as np
 import torch
+
+from maskfm.tokens.patchify import patchify, unpatchify
 
 
 def view_rotation(azimuth_deg: float = 30.0, elevation_deg: float = 20.0) -> np.ndarray:
@@ -51,4 +54,31 @@ def render_panels(clouds: dict[str, torch.Tensor], size: int = 128) -> dict[str,
     return {
         name: torch.from_numpy(np.stack([render_cloud(c.cpu().numpy(), size, radius) for c in batch]))
         for name, batch in clouds.items()
+    }
+
+
+@torch.no_grad()
+def pixel_reconstruction_panels(
+    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
+    grid_size: tuple[int, int], norm_pix_loss: bool,
+) -> dict[str, torch.Tensor]:
+    """Pictures in input space, each ``(B, C, H, W)``: input, masked input, reconstruction.
+
+    With ``norm_pix_loss`` the prediction is mapped back to pixels with each hidden patch's
+    own mean and std (as MAE's demo does), which leaks those two numbers per patch.
+    """
+    target = patchify(imgs, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        pred = pred * std + mean
+    hidden = mask[..., None]
+    masked = torch.where(hidden, torch.zeros_like(target), target)
+    pasted = torch.where(hidden, pred, target)
+    to_img = lambda x: unpatchify(x, patch_size, grid_size)  # noqa: E731
+    return {
+        "input": imgs,
+        "masked": to_img(masked),
+        "reconstruction": to_img(pred),
+        "reconstruction+visible": to_img(pasted),
     }

@@ -26,6 +26,11 @@ class LoaderDataModule(L.LightningDataModule):
     val_set: Dataset | None = None
     collate_fn = None  # a DataLoader collate function; None = torch's default
 
+    def model_inputs(self) -> dict:
+        """Facts the method's constructor needs from the data (a text vocabulary's size and
+        special ids); none by default."""
+        return {}
+
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
         if train and len(dataset) < self.batch_size:  # drop_last: the loader would be empty
             source = getattr(self, "hparams", {}).get("root") or type(self).__name__

@@ -18,7 +18,8 @@ probability ``1 - ratio``, ``1 - ratio + 0.2``, ``1 - ratio + 0.4``. With
 from the grid corner (so on real grids every voxel falls in the far band).
 
 Functional core on a flat voxel list (``positions (V, 3)``, ``batch_idx (V,)``) plus a
-:class:`Masker` for any ``points3d`` :class:`TokenLayout`.
+:class:`Masker` for any ``points3d`` :class:`TokenLayout`, ragged (voxels) or dense
+(point patches).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 
 import torch
 
-from maskfm.masking.base import Masker
+from maskfm.masking.base import EXACT_COUNT, EXACT_SECTORS, EXPECTED_RATIO, Masker, mask_from_scores
 from maskfm.masking.layout import POINTS_3D, TokenLayout
 
 MODES = ("sensor", "released")
@@ -149,7 +150,9 @@ class RadialMasker(Masker):
 
     Unlike token-count maskers, the exact quantity is the number of kept **sectors**
     (``int((1 - ratio) * non-empty sectors)`` per sample); the number of hidden tokens
-    follows from how the tokens fill those sectors.
+    follows from how the tokens fill those sectors. On a layout with ``equal_counts`` (point
+    patches under Point-MAE's visible-only encoder) it hides whole sectors in a random order
+    until exactly ``round(ratio * valid)`` tokens are hidden, the last sector in part.
     """
 
     supported_kinds = (POINTS_3D,)
@@ -163,19 +166,42 @@ class RadialMasker(Masker):
         self.grid_min = tuple(grid_min) if grid_min is not None else None
         self.voxel_size = tuple(voxel_size) if voxel_size is not None else None
 
-    def mask_voxels(self, positions: torch.Tensor, batch_idx: torch.Tensor, batch_size: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(V,)`` hidden flags for a flat voxel list (the form sparse backbones use)."""
-        return radial_mask(positions, batch_idx, batch_size, self.ratio, self.sector_deg, generator,
-                           self.mode, self.range_aware, self.grid_min, self.voxel_size)
+    takes_ragged = True  # the functional core works on the flat token list
 
-    def __call__(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
-        self.check_layout(layout)
+    @property
+    def guarantee(self) -> str:
+        """Exact kept sectors per sample; in expectation only with range bands or the
+        released mode (one draw per batch, random fallback)."""
+        return EXPECTED_RATIO if self.range_aware or self.mode == "released" else EXACT_SECTORS
+
+    def guarantee_for(self, layout: TokenLayout) -> str:
+        return EXACT_COUNT if layout.equal_counts else self.guarantee
+
+    def sector_scores(self, layout: TokenLayout, generator: torch.Generator | None) -> torch.Tensor:
+        """``(B, N)``: one random score per (sample, sector), shared by the sector's tokens."""
         b, n, _ = layout.positions.shape
-        batch_idx = torch.arange(b, device=layout.device)[:, None].expand(b, n)
-        valid = layout.valid
+        sectors = azimuth_sectors(layout.positions.reshape(b * n, -1), self.sector_deg).view(b, n)
+        per_sector = torch.rand(b, math.ceil(360.0 / self.sector_deg), generator=generator, device=layout.device)
+        return per_sector.gather(1, sectors)
+
+    def hide(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
+        if layout.equal_counts:  # whole sectors in random order, the last one in part
+            if self.mode != "sensor" or self.range_aware:
+                raise ValueError(f"{self!r}: only mode=sensor without range bands can hide an equal number "
+                                 "of tokens per sample, which this method's encoder needs")
+            return mask_from_scores(self.sector_scores(layout, generator), layout.valid, self.ratio, generator)
+        if layout.is_ragged:
+            hidden = torch.zeros_like(layout.valid)
+            valid = layout.valid
+            hidden[valid] = radial_mask(layout.positions[valid], layout.batch_index[valid], layout.batch_size,
+                                        self.ratio, self.sector_deg, generator, self.mode, self.range_aware,
+                                        self.grid_min, self.voxel_size)
+            return hidden
+        b, n, _ = layout.positions.shape
+        batch_index = torch.arange(b, device=layout.device)[:, None].expand(b, n)
+        flat = TokenLayout.ragged(layout.positions[layout.valid], batch_index[layout.valid], b)
         hidden = torch.zeros(b, n, dtype=torch.bool, device=layout.device)
-        hidden[valid] = self.mask_voxels(layout.positions[valid], batch_idx[valid], b, generator)
+        hidden[layout.valid] = self.hide(flat, generator)
         return hidden
 
     def __repr__(self) -> str:

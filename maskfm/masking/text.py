@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from maskfm.masking.base import Masker, num_hidden
+from maskfm.masking.base import AT_MOST_COUNT, Masker, num_hidden
 from maskfm.masking.layout import SEQUENCE, TokenLayout
 
 
@@ -55,10 +55,10 @@ class WholeWordMasker(Masker):
     each valid token is its own word when the layout has no groups."""
 
     supported_kinds = (SEQUENCE,)
+    guarantee = AT_MOST_COUNT  # a word that would overshoot the budget is skipped
     allows_full_mask = True  # MLM: the picture is still seen
 
-    def __call__(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
-        self.check_layout(layout)
+    def hide(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         groups = layout.groups
         if groups is None:
             groups = torch.arange(layout.num_tokens, device=layout.device).expand(layout.batch_size, -1)

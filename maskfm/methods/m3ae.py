@@ -25,17 +25,15 @@ Dimension letters: B batch, N patches, V visible patches, L text tokens, D fusio
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskfm.interop.checkpoint_file import CheckpointFileError, read_checkpoint
-from maskfm.interop.loading import IncompleteLoadError, load_state_dict_with_report
+from maskfm.callbacks.render import pixel_reconstruction_panels
+from maskfm.interop.pretrained import build_text_encoder, load_image_weights
 from maskfm.masking import (
     Masker,
     RandomMasker,
@@ -44,12 +42,13 @@ from maskfm.masking import (
     mask_indices,
     mlm_corrupt,
 )
-from maskfm.methods.mae import MAEDecoder, pixel_reconstruction_panels
+from maskfm.methods.contract import MaskedMethod
 from maskfm.methods.output import MaskedModelingOutput
 from maskfm.nn.fusion import CoAttentionFusion
-from maskfm.nn.losses import masked_mse, normalize_patches
+from maskfm.nn.heads import MLMHead, Pooler, bert_init
+from maskfm.nn.losses import masked_mse, pixel_target
+from maskfm.nn.mae_decoder import MAEDecoder
 from maskfm.nn.vit import VIT_SIZES, ViTEncoder
-from maskfm.tokens.patchify import patchify
 
 log = logging.getLogger(__name__)
 
@@ -119,109 +118,6 @@ def _config(cls, value: Any, name: str):
     return cls(**value)
 
 
-def bert_init(module: nn.Module) -> None:
-    """M3AE's ``init_weights`` for new modules: normal(0, 0.02), zero bias, unit LayerNorm."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.MultiheadAttention):
-        nn.init.normal_(module.in_proj_weight, std=0.02)
-        nn.init.zeros_(module.in_proj_bias)
-
-
-def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
-    """``AutoModel`` from a config (random init) or from a local pretrained directory."""
-    from transformers import AutoConfig, AutoModel
-
-    if cfg.pretrained:
-        source = Path(cfg.pretrained).expanduser()
-        name = str(source) if source.is_dir() else str(cfg.pretrained)
-        try:  # a local directory, or a hub name already in the local Hugging Face cache
-            encoder, info = AutoModel.from_pretrained(
-                name, local_files_only=True, add_pooling_layer=False, trust_remote_code=False,
-                weights_only=True, output_loading_info=True)
-        except pickle.UnpicklingError as e:  # weights_only refused a pickled object
-            raise CheckpointFileError(
-                f"model.text.pretrained='{cfg.pretrained}': refused to unpickle its weights "
-                f"({str(e).strip().splitlines()[-1] if str(e).strip() else e}); weights hold data, never code") from e
-        except (OSError, ValueError) as e:  # ValueError: not even a valid hub name
-            raise FileNotFoundError(
-                f"model.text.pretrained='{cfg.pretrained}' is neither a local directory nor in the local "
-                "Hugging Face cache (nothing is downloaded; pass a directory saved with save_pretrained)"
-            ) from e
-        missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-        if missing and not cfg.allow_partial:
-            raise IncompleteLoadError(
-                f"model.text.pretrained='{cfg.pretrained}' does not set {len(missing)} of the text encoder's tensors "
-                f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}); model.text.allow_partial=true accepts it")
-        if encoder.config.vocab_size < vocab_size:
-            raise ValueError(
-                f"model.text.pretrained='{cfg.pretrained}' has {encoder.config.vocab_size} token embeddings but the "
-                f"tokenizer has {vocab_size} tokens: use that model's own tokenizer (data.tokenizer)"
-            )
-        return encoder
-    config = AutoConfig.for_model(
-        cfg.model_type, vocab_size=vocab_size, hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-        pad_token_id=pad_token_id, type_vocab_size=1,
-    )
-    return AutoModel.from_config(config, add_pooling_layer=False)
-
-
-def load_image_weights(encoder: ViTEncoder, path: str, allow_partial: bool = False) -> None:
-    """Load a timm-named ViT state dict from a local file (weights only, with a report);
-    every ViT tensor must be in it unless ``allow_partial``."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"model.image.pretrained='{path}': no such file (nothing is downloaded)")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(file))
-        except Exception as e:  # safetensors raises its own error type for a bad header
-            raise CheckpointFileError(f"model.image.pretrained='{path}': not a readable safetensors file ({e})") from e
-    else:
-        state = read_checkpoint(file, expected="a ViT state dict (.pth/.bin/.safetensors)")
-        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointFileError(f"model.image.pretrained='{path}': not a state dict of tensors")
-    state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
-    report = load_state_dict_with_report(encoder, state, source=f"model.image.pretrained='{file}'",
-                                         allow_partial=allow_partial)
-    log.info("image encoder weights from %s:\n%s", file, report.table())
-
-
-class MLMHead(nn.Module):
-    """BERT's prediction head: Linear -> GELU -> LayerNorm -> Linear to the vocabulary (untied)."""
-
-    def __init__(self, dim: int, vocab_size: int) -> None:
-        super().__init__()
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
-        self.decoder = nn.Linear(dim, vocab_size, bias=False)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(x)) + self.bias
-
-
-class Pooler(nn.Module):
-    """Linear + Tanh on the first token."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(tokens[:, 0]))
-
-
 @dataclass
 class Fused:
     """Outputs of one pass through encoders and fusion."""
@@ -230,7 +126,7 @@ class Fused:
     text: list[torch.Tensor]  # per fusion layer, (B, L, D)
 
 
-class M3AE(nn.Module):
+class M3AE(MaskedMethod):
     """Image-text masked autoencoder (see the module docstring).
 
     Args:
@@ -360,8 +256,7 @@ class M3AE(nn.Module):
 
     # -- objective pieces ------------------------------------------------------------------
     def mim_target(self, imgs: torch.Tensor) -> torch.Tensor:
-        target = patchify(imgs, self.patch_size)
-        return normalize_patches(target) if self.norm_pix_loss else target
+        return pixel_target(imgs, self.patch_size, self.norm_pix_loss)
 
     def mask_text(self, batch: dict, generator: torch.Generator | None):
         """(corrupted ids, labels with -100 where not scored, hidden mask)."""
@@ -458,6 +353,13 @@ class M3AE(nn.Module):
         and runs only the fusion per pair.
         """
         return self.itm_logits(self.fuse(image, text, attention_mask)).log_softmax(-1)[:, 1]
+
+    @torch.no_grad()
+    def features(self, batch: dict) -> torch.Tensor:
+        """``(B, 1 + N, D)`` tokens of the image tower (the ViT, CLS first), nothing hidden."""
+        return self.encoder(batch["image"], None)
+
+    media = ("panels",)
 
     @torch.no_grad()
     def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:

@@ -11,57 +11,17 @@ Dimension letters: B batch, L patches, V visible patches, D width, P = patch*pat
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from maskfm.masking import Masker, RandomMasker, TokenLayout, mask_indices, restore_order
+from maskfm.callbacks.render import pixel_reconstruction_panels
+from maskfm.masking import Masker, RandomMasker, TokenLayout, mask_indices
+from maskfm.methods.contract import MaskedMethod
 from maskfm.methods.output import MaskedModelingOutput
-from maskfm.nn.losses import masked_mse, normalize_patches
-from maskfm.nn.pos_embed import sincos_2d
-from maskfm.nn.vit import VIT_SIZES, LayerNorm6, ViTEncoder, init_weights, transformer_blocks
-from maskfm.tokens.patchify import patchify, unpatchify
+from maskfm.nn.losses import masked_mse, pixel_target
+from maskfm.nn.mae_decoder import MAEDecoder
+from maskfm.nn.vit import VIT_SIZES, ViTEncoder
 
 
-class MAEDecoder(nn.Module):
-    """Mask tokens + fixed positions -> transformer -> per-patch pixel prediction."""
-
-    def __init__(
-        self,
-        grid_size: tuple[int, int],
-        encoder_dim: int,
-        out_dim: int,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-    ) -> None:
-        super().__init__()
-        self.embed = nn.Linear(encoder_dim, embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        pos = sincos_2d(embed_dim, grid_size, cls_token=True)[None]
-        self.pos_embed = nn.Parameter(pos, requires_grad=False)
-        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio)
-        self.norm = LayerNorm6(embed_dim)
-        self.pred = nn.Linear(embed_dim, out_dim)
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in (self.embed, self.blocks, self.norm, self.pred):
-            m.apply(init_weights)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "mask_token"}
-
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """``latent: (B, 1 + V, De)`` (CLS first) -> ``(B, L, P)`` predictions in patch order."""
-        x = self.embed(latent)
-        cls, visible = x[:, :1], x[:, 1:]
-        n_hidden = ids_restore.shape[1] - visible.shape[1]
-        hidden = self.mask_token.expand(x.shape[0], n_hidden, -1)
-        x = torch.cat([cls, restore_order(visible, hidden, ids_restore)], dim=1) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.pred(self.norm(x))[:, 1:]
-
-
-class MAE(nn.Module):
+class MAE(MaskedMethod):
     """Masked autoencoder with a ViT encoder.
 
     Args:
@@ -123,8 +83,7 @@ class MAE(nn.Module):
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         """``(B, L, P)`` pixel targets, per-patch normalised when ``norm_pix_loss``."""
-        target = patchify(imgs, self.patch_size)
-        return normalize_patches(target) if self.norm_pix_loss else target
+        return pixel_target(imgs, self.patch_size, self.norm_pix_loss)
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
         return masked_mse(pred, self.target(imgs), mask)
@@ -138,34 +97,14 @@ class MAE(nn.Module):
         return MaskedModelingOutput(loss=loss, parts={"recon": loss}, pred=pred, mask=mask)
 
     @torch.no_grad()
+    def features(self, batch: dict) -> torch.Tensor:
+        """``(B, 1 + L, D)`` ViT tokens (CLS first) of the whole picture, nothing hidden."""
+        return self.encoder(batch["image"], None)
+
+    media = ("panels",)
+
+    @torch.no_grad()
     def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
         return pixel_reconstruction_panels(
             batch["image"], out.pred, out.mask, self.patch_size, self.grid_size, self.norm_pix_loss
         )
-
-
-@torch.no_grad()
-def pixel_reconstruction_panels(
-    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
-    grid_size: tuple[int, int], norm_pix_loss: bool,
-) -> dict[str, torch.Tensor]:
-    """Pictures in input space, each ``(B, C, H, W)``: input, masked input, reconstruction.
-
-    With ``norm_pix_loss`` the prediction is mapped back to pixels with each hidden patch's
-    own mean and std (as MAE's demo does), which leaks those two numbers per patch.
-    """
-    target = patchify(imgs, patch_size)
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
-        pred = pred * std + mean
-    hidden = mask[..., None]
-    masked = torch.where(hidden, torch.zeros_like(target), target)
-    pasted = torch.where(hidden, pred, target)
-    to_img = lambda x: unpatchify(x, patch_size, grid_size)  # noqa: E731
-    return {
-        "input": imgs,
-        "masked": to_img(masked),
-        "reconstruction": to_img(pred),
-        "reconstruction+visible": to_img(pasted),
-    }

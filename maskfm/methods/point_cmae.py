@@ -28,8 +28,9 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from maskfm.masking import Masker, RandomMasker
+from maskfm.methods.contract import MaskedMethod
 from maskfm.methods.output import MaskedModelingOutput
-from maskfm.methods.point_mae import PointMAE
+from maskfm.nn.point_patch_mae import PointPatchAutoencoder
 from maskfm.nn.point_transformer import init_point_transformer
 
 CONTRAST = ("paper", "released")
@@ -78,13 +79,13 @@ def global_count(count: torch.Tensor) -> tuple[torch.Tensor, int]:
     return total, world
 
 
-class PointCMAE(PointMAE):
-    """Point-MAE + a second mask and decoder + the double-mask contrastive constraint.
+class PointCMAE(PointPatchAutoencoder, MaskedMethod):
+    """Point-MAE's parts + a second mask and decoder + the double-mask contrastive constraint.
 
     Args:
         contrast: ``paper`` or ``released`` (see the module docstring).
         recon_weight, contrast_weight: 1000 and 1 as released.
-        point_mae_kwargs: the sizes, as :class:`PointMAE` (groups, widths, depths, loss).
+        num_groups ... pointnet_hidden: the sizes, as :class:`~maskfm.methods.point_mae.PointMAE`.
     """
 
     def __init__(
@@ -93,9 +94,21 @@ class PointCMAE(PointMAE):
         contrast: str = "paper",
         recon_weight: float = 1000.0,
         contrast_weight: float = 1.0,
-        **point_mae_kwargs,
+        num_groups: int = 64,
+        group_size: int = 32,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        drop_path_rate: float = 0.1,
+        decoder_depth: int = 4,
+        decoder_num_heads: int = 6,
+        loss: str = "cdl2",
+        pointnet_hidden: tuple[int, int, int] = (128, 256, 512),
     ) -> None:
-        super().__init__(masker or RandomMasker(0.6), **point_mae_kwargs)
+        super().__init__()
+        self.masker = masker or RandomMasker(0.6)
+        self.build_point_patch_parts(num_groups, group_size, embed_dim, depth, num_heads, drop_path_rate,
+                                     decoder_depth, decoder_num_heads, loss, pointnet_hidden)
         if contrast not in CONTRAST:
             raise ValueError(f"contrast must be one of {CONTRAST}, got {contrast!r}")
         self.contrast = contrast
@@ -120,5 +133,4 @@ class PointCMAE(PointMAE):
         contrast = double_mask_contrast(feats1, feats2, mask1 & mask2, self.contrast)
         loss = self.recon_weight * (recon1 + recon2) + self.contrast_weight * contrast
         parts = {"recon1": recon1, "recon2": recon2, "contrast": contrast}
-        return MaskedModelingOutput(loss=loss, parts=parts, pred=pred1, mask=mask1,
-                                    extras={"centers": groups.centers, "target": target1})
+        return self.output(loss, parts, pred1, target1, mask1, groups)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskfm.methods.contract import MaskedMethod, Progress
 from maskfm.methods.output import MaskedModelingOutput
 from maskfm.methods.schedule import warmup_cosine, warmup_linear
 
@@ -102,7 +103,7 @@ class MaskedPretrainer(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MaskedMethod,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         base_lr: float = 1.5e-4,
         weight_decay: float = 0.05,
@@ -144,6 +145,18 @@ class MaskedPretrainer(L.LightningModule):
         epoch = self.current_epoch if stage == "train" else 0
         seed = hash((self.hparams.mask_seed, stage_id, epoch, batch_idx, self.global_rank))
         return torch.Generator(device=self.device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def progress(self, batch_idx: int) -> Progress:
+        """Where training stands at this batch (for the method's per-step schedules)."""
+        total = float(self.trainer.estimated_stepping_batches)
+        per_epoch = self.trainer.num_training_batches
+        fraction = batch_idx / per_epoch if per_epoch and math.isfinite(per_epoch) else 0.0
+        return Progress(global_step=self.global_step, epoch=self.current_epoch,
+                        epoch_fraction=self.current_epoch + fraction,
+                        total_steps=int(total) if math.isfinite(total) else None)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self.model.on_train_step(self.progress(batch_idx))
 
     skip_nonfinite: bool = False  # trainer.skip_nonfinite, set by maskfm.train
     skipped_nonfinite: int = 0  # batches skipped by this process
@@ -243,21 +256,28 @@ class MaskedPretrainer(L.LightningModule):
             raise ValueError("the lr scaling rule needs a datamodule with a `batch_size` attribute")
         return dm.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
+    def build_optimizer(self, effective_batch_size: int) -> tuple[torch.optim.Optimizer, float]:
+        """The optimiser training uses, and its lr: ``base_lr x effective batch / reference``
+        (or ``base_lr`` when ``lr_reference_batch`` is 0), weight decay on weights only (or on
+        everything with ``decay_all``), per-module lr multipliers. The benchmark times this one."""
+        hp = self.hparams
+        if hp.lr_reference_batch:
+            lr = hp.base_lr * effective_batch_size / hp.lr_reference_batch
+            log.info("lr = base_lr %.3g x effective batch %d / %d = %.3g",
+                     hp.base_lr, effective_batch_size, hp.lr_reference_batch, lr)
+        else:  # the recipe gives an absolute lr
+            lr = hp.base_lr
+            log.info("lr = %.3g (absolute, effective batch %d)", lr, effective_batch_size)
+        groups = param_groups_weight_decay(self.model, hp.weight_decay, self.model.no_weight_decay(),
+                                           hp.lr_multipliers, hp.decay_all)
+        for group in groups:
+            group["lr"] = lr * group["lr_scale"]
+        return self.optimizer_factory(groups, lr=lr), lr
+
     def configure_optimizers(self):
         hp = self.hparams
-        eff_batch = self.effective_batch_size()
-        if hp.lr_reference_batch:
-            self.lr = hp.base_lr * eff_batch / hp.lr_reference_batch
-            log.info("lr = base_lr %.3g x effective batch %d / %d = %.3g",
-                     hp.base_lr, eff_batch, hp.lr_reference_batch, self.lr)
-        else:  # the recipe gives an absolute lr
-            self.lr = hp.base_lr
-            log.info("lr = %.3g (absolute, effective batch %d)", self.lr, eff_batch)
-        skip = set(getattr(self.model, "no_weight_decay", lambda: set())())
-        groups = param_groups_weight_decay(self.model, hp.weight_decay, skip, hp.lr_multipliers, hp.decay_all)
-        for group in groups:
-            group["lr"] = self.lr * group["lr_scale"]
-        optimizer = self.optimizer_factory(groups, lr=self.lr)
+        optimizer, self.lr = self.build_optimizer(self.effective_batch_size())
+        groups = optimizer.param_groups
 
         total = float(self.trainer.estimated_stepping_batches)
         if hp.schedule == "onecycle":

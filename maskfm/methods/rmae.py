@@ -17,9 +17,9 @@ the sensor is at the metric origin.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from maskfm.masking import RadialMasker
+from maskfm.masking import POINTS_3D, RadialMasker, TokenLayout
+from maskfm.methods.contract import MaskedMethod
 from maskfm.methods.output import MaskedModelingOutput
 from maskfm.nn.occupancy import (
     DenseOccupancyDecoder,
@@ -38,12 +38,12 @@ def sparse_shape_of(point_cloud_range, voxel_size) -> tuple[int, int, int]:
     return grid[2] + 1, grid[1], grid[0]
 
 
-class RMAE(nn.Module):
+class RMAE(MaskedMethod):
     """Radial-MAE with a sparse voxel backbone.
 
     Args:
-        masker: a masker with ``mask_voxels(positions, batch_idx, batch_size, generator)``;
-            default radial, ratio 0.9, 1° sectors.
+        masker: any masker of ``points3d`` layouts (it gets the voxels as a ragged layout
+            of their metric centres); default radial, ratio 0.9, 1° sectors.
         in_channels: point features per voxel (x, y, z, intensity = 4).
         point_cloud_range, voxel_size: the voxel grid (KITTI's by default).
         backbone: ``plain`` (VoxelBackBone8x) or ``residual`` (VoxelResBackBone8x).
@@ -67,8 +67,9 @@ class RMAE(nn.Module):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.masker = masker if masker is not None else RadialMasker(0.9, sector_deg=1.0)
-        if not hasattr(self.masker, "mask_voxels"):
-            raise ValueError(f"R-MAE masks a flat voxel list; {self.masker!r} has no mask_voxels()")
+        if POINTS_3D not in self.masker.supported_kinds:
+            raise ValueError(f"R-MAE masks voxels (a points3d layout); {self.masker!r} supports "
+                             f"{list(self.masker.supported_kinds)}")
         self.register_buffer("pc_min", torch.tensor(point_cloud_range[:3], dtype=torch.float32), persistent=False)
         self.register_buffer("voxel", torch.tensor(voxel_size, dtype=torch.float32), persistent=False)
         self.sparse_shape = sparse_shape_of(point_cloud_range, voxel_size)
@@ -85,6 +86,11 @@ class RMAE(nn.Module):
         zyx = coords[:, 1:].float()
         return self.pc_min + (zyx.flip(1) + 0.5) * self.voxel
 
+    def layout(self, batch: dict) -> TokenLayout:
+        """The voxels as a ragged ``points3d`` layout of their metric centres."""
+        coords = batch["voxel_coords"]
+        return TokenLayout.ragged(self.voxel_centers(coords), coords[:, 0], int(batch["batch_size"]))
+
     def encode(self, batch: dict, keep: torch.Tensor | None = None) -> dict:
         feats, coords = batch["voxel_features"], batch["voxel_coords"]
         if keep is not None:
@@ -93,11 +99,11 @@ class RMAE(nn.Module):
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
         coords, batch_size = batch["voxel_coords"], int(batch["batch_size"])
-        hidden = self.masker.mask_voxels(self.voxel_centers(coords), coords[:, 0].long(), batch_size, generator)
+        hidden = self.masker(self.layout(batch), generator)
         if int((~hidden).sum()) < 2:  # spconv asserts on an empty tensor, BatchNorm needs two values
             raise ValueError(
                 f"R-MAE: {int((~hidden).sum())} of the batch's {len(coords)} voxels stay visible after masking "
-                f"(ratio {self.masker.ratio}); the sparse backbone needs at least 2: the sweeps fill too few "
+                f"({self.masker!r}); the sparse backbone needs at least 2: the sweeps fill too few "
                 "voxels (data.min_voxels) or sectors, or the ratio is too high")
         encoded = self.encode(batch, keep=~hidden)["encoded"]
         args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape), coords, batch_size, self.sparse_shape)
@@ -115,6 +121,8 @@ class RMAE(nn.Module):
         stages = [*out["multi_scale"].values(), out["encoded"]]
         return torch.cat([gather_coarse(s.features, s.indices, tuple(s.spatial_shape), coords, self.sparse_shape)[0]
                           for s in stages], dim=1)
+
+    media = ("clouds",)
 
     @torch.no_grad()
     def reconstruction_clouds(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
