@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -50,7 +51,7 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def build_system(cfg: DictConfig, datamodule=None) -> MaskedPretrainer:
+def build_system(cfg: DictConfig, datamodule: Any = None) -> MaskedPretrainer:
     """Method (masker + model) wrapped in the shared pretrainer.
 
     A datamodule that knows facts the model needs (a text vocabulary: ``vocab_size``,
@@ -123,7 +124,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     Plugins the group lists (``trainer=ddp_cpu``: BatchNorm synced over gloo) are kept
     beside the atomic checkpoint writer.
     """
-    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    options = cast(dict, OmegaConf.to_container(cfg.trainer, resolve=True))
     for key in MASKFM_TRAINER_KEYS:
         options.pop(key, None)
     plugins = [instantiate(p) for p in options.pop("plugins", None) or []]
@@ -158,7 +159,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     system = build_system(cfg, datamodule)
-    system.run_config = OmegaConf.to_container(cfg, resolve=True)
+    system.run_config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     callbacks = instantiate_group(cfg.get("callbacks")) + ([requeue] if requeue else [])
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
