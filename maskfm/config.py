@@ -9,8 +9,18 @@ import rich.syntax
 import rich.tree
 from omegaconf import DictConfig, OmegaConf
 
-# conf/ sits beside the package in the repository (the package is installed editable).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _config_dir() -> Path:
+    """The checkout's top-level conf/ (source or editable install: the one to edit), else the
+    copy a wheel ships inside the package (setup.py maps conf/ to maskfm/conf)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf" / "train.yaml").is_file():
+        return checkout / "conf"
+    return package / "conf"
+
+
+CONFIG_DIR = _config_dir()
 
 PRINT_ORDER = ("data", "model", "masking", "optim", "trainer", "callbacks", "logger", "paths")
 

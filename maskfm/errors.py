@@ -38,9 +38,10 @@ def user_error_behind(error: BaseException) -> UserInputError | None:
     """The :class:`UserInputError` that ``error`` is or was raised from (Hydra's
     ``instantiate`` wraps what a constructor raises), else None."""
     seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, UserInputError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserInputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
     return None

@@ -16,6 +16,7 @@ import re
 import secrets
 import string
 from pathlib import Path
+from typing import cast
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
@@ -48,7 +49,7 @@ class CSVLogger(_LightningCSVLogger):
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
+        return cast(AppendingExperimentWriter, self._experiment)  # the only writer set here
 
 
 # -- Weights & Biases -----------------------------------------------------------------------

@@ -23,10 +23,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.fabric.plugins.environments.cluster_environment import ClusterEnvironment
+from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -51,7 +53,7 @@ def restart_count() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
-def cluster_plugins(plugins: list = ()) -> list:
+def cluster_plugins(plugins: Sequence = ()) -> list:
     """Trainer plugins for a SLURM job: Lightning's SLURM environment without its auto-requeue.
 
     Lightning's own handler saves inside the signal handler, in the middle of whatever step is

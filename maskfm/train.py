@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import hydra
 import lightning as L
@@ -109,7 +110,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     Plugins the group lists (``trainer=ddp_cpu``: BatchNorm synced over gloo) are kept
     beside the atomic checkpoint writer.
     """
-    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    options = cast(dict, OmegaConf.to_container(cfg.trainer, resolve=True))
     for key in MASKFM_TRAINER_KEYS:
         options.pop(key, None)
     plugins = [instantiate(p) for p in options.pop("plugins", None) or []]
@@ -144,7 +145,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     system = build_system(cfg, datamodule)
-    system.run_config = OmegaConf.to_container(cfg, resolve=True)
+    system.run_config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     callbacks = instantiate_group(cfg.get("callbacks")) + ([requeue] if requeue else [])
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)

@@ -130,7 +130,7 @@ def test_image_runs_as_a_user_with_the_configs_and_a_supported_python(dockerfile
     first_pip = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install" in a)
     assert kinds.index("USER") < first_pip  # packages are installed as the user, not root
     copied = {src for k, a in steps if k == "COPY" for src in a.split()[:-1] if not src.startswith("--")}
-    assert {"maskfm", "conf", "pyproject.toml"} <= copied
+    assert {"maskfm", "conf", "pyproject.toml", "setup.py"} <= copied
     image = next(a for k, a in steps if k == "FROM")
     python = (re.search(r"python:(\d+\.\d+)", image) or re.search(r"ubuntu(22\.04|24\.04)", image))
     version = {"22.04": "3.10", "24.04": "3.12"}.get(python[1], python[1])  # Ubuntu's python3

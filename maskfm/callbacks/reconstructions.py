@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class ReconstructionPictures(Callback):
         if clouds:
             import wandb
 
-            objects = {f"reconstructions_3d/{name}": wandb.Object3D(coloured_points(cloud[0], i))
+            objects: dict[str, Any] = {f"reconstructions_3d/{name}": wandb.Object3D(coloured_points(cloud[0], i))
                        for i, (name, cloud) in enumerate(clouds.items())}
             logger.log_metrics(objects, step=step)
 

@@ -12,6 +12,8 @@ shared mean and variance, as with ``SyncBatchNorm``.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
 from lightning.pytorch.plugins import LayerSync
@@ -53,6 +55,8 @@ class AllReduceBatchNorm(_BatchNorm):
     than one rank, and in eval mode, it is exactly ``nn.BatchNorm*d``.
     """
 
+    _original_class: type[nn.Module]  # the layer's class before CPUSyncBatchNorm.apply
+
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected (N, C, ...) input with at least 2 dims, got {input.dim()}D")
@@ -80,11 +84,16 @@ class AllReduceBatchNorm(_BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
+        assert self.num_batches_tracked is not None  # track_running_stats: the buffers exist
+        assert self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         unbiased = var * total / (total - 1).clamp(min=1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 
 def _swap(module: nn.Module, make) -> nn.Module:
@@ -97,7 +106,7 @@ def _swap(module: nn.Module, make) -> nn.Module:
     return module
 
 
-def _converted(bn: nn.Module, cls: type) -> nn.Module:
+def _converted(bn: nn.Module, cls: type[_ModuleT]) -> _ModuleT:
     """``bn`` as an instance of ``cls``: the same Parameter and buffer objects and settings."""
     new = cls.__new__(cls)
     new.__dict__ = bn.__dict__.copy()

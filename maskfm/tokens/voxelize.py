@@ -24,7 +24,7 @@ GPU ``index_add_`` may sum in any order, so means may differ in the last bit).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ class VoxelGrid:
         """Voxels per axis (x, y, z): ``round(extent / voxel_size)`` in float32, as spconv."""
         pcr = np.asarray(self.point_cloud_range, dtype=np.float32)
         vs = np.asarray(self.voxel_size, dtype=np.float32)
-        return tuple(int(v) for v in np.round((pcr[3:] - pcr[:3]) / vs))
+        return cast("tuple[int, int, int]", tuple(int(v) for v in np.round((pcr[3:] - pcr[:3]) / vs)))
 
     @property
     def sparse_shape(self) -> tuple[int, int, int]:
