@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskfm.callbacks.render import pixel_reconstruction_panels
 from maskfm.interop.pretrained import build_text_encoder, load_image_weights
 from maskfm.masking import (
     Masker,
@@ -47,7 +46,7 @@ from maskfm.methods.output import MaskedModelingOutput
 from maskfm.nn.fusion import CoAttentionFusion
 from maskfm.nn.heads import MLMHead, Pooler, bert_init
 from maskfm.nn.losses import masked_mse, pixel_target
-from maskfm.nn.mae_decoder import MAEDecoder
+from maskfm.nn.mae_decoder import MAEDecoder, PixelReconstruction
 from maskfm.nn.vit import VIT_SIZES, ViTEncoder
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ class Fused:
     text: list[torch.Tensor]  # per fusion layer, (B, L, D)
 
 
-class M3AE(MaskedMethod):
+class M3AE(PixelReconstruction, MaskedMethod):
     """Image-text masked autoencoder (see the module docstring).
 
     Args:
@@ -354,15 +353,5 @@ class M3AE(MaskedMethod):
         """
         return self.itm_logits(self.fuse(image, text, attention_mask)).log_softmax(-1)[:, 1]
 
-    @torch.no_grad()
-    def features(self, batch: dict) -> torch.Tensor:
-        """``(B, 1 + N, D)`` tokens of the image tower (the ViT, CLS first), nothing hidden."""
-        return self.encoder(batch["image"], None)
-
-    media = ("panels",)
-
-    @torch.no_grad()
-    def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
-        return pixel_reconstruction_panels(
-            out.extras["mim_images"], out.pred, out.mask, self.patch_size, self.grid_size, self.norm_pix_loss
-        )
+    def panel_images(self, batch: dict, out: MaskedModelingOutput) -> torch.Tensor:
+        return out.extras["mim_images"]  # joint pass: the swapped-in pictures

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from maskfm.callbacks.render import pixel_reconstruction_panels
 from maskfm.masking import Masker, RandomMasker, TokenLayout, mask_indices
 from maskfm.methods.contract import MaskedMethod
 from maskfm.methods.output import MaskedModelingOutput
 from maskfm.nn.losses import masked_mse, pixel_target
-from maskfm.nn.mae_decoder import MAEDecoder
+from maskfm.nn.mae_decoder import MAEDecoder, PixelReconstruction
 from maskfm.nn.vit import VIT_SIZES, ViTEncoder
 
 
-class MAE(MaskedMethod):
+class MAE(PixelReconstruction, MaskedMethod):
     """Masked autoencoder with a ViT encoder.
 
     Args:
@@ -95,16 +94,3 @@ class MAE(MaskedMethod):
         pred = self.forward_decoder(latent, idx.ids_restore)
         loss = self.forward_loss(imgs, pred, mask)
         return MaskedModelingOutput(loss=loss, parts={"recon": loss}, pred=pred, mask=mask)
-
-    @torch.no_grad()
-    def features(self, batch: dict) -> torch.Tensor:
-        """``(B, 1 + L, D)`` ViT tokens (CLS first) of the whole picture, nothing hidden."""
-        return self.encoder(batch["image"], None)
-
-    media = ("panels",)
-
-    @torch.no_grad()
-    def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
-        return pixel_reconstruction_panels(
-            batch["image"], out.pred, out.mask, self.patch_size, self.grid_size, self.norm_pix_loss
-        )

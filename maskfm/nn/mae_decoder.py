@@ -1,12 +1,14 @@
 """MAE's light decoder: mask tokens at fixed 2D sin-cos positions, a transformer, a
-per-patch pixel head (facebookresearch/mae ``models_mae.py``). Used by MAE and by M3AE's
-masked-image objective."""
+per-patch pixel head (facebookresearch/mae ``models_mae.py``), and the method pieces every
+pixel-reconstructing ViT method shares (:class:`PixelReconstruction`). Used by MAE and by
+M3AE's masked-image objective."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from maskfm.callbacks.render import pixel_reconstruction_panels
 from maskfm.masking import restore_order
 from maskfm.nn.pos_embed import sincos_2d
 from maskfm.nn.vit import LayerNorm6, init_weights, transformer_blocks
@@ -50,3 +52,28 @@ class MAEDecoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, 1:]
+
+
+class PixelReconstruction:
+    """Mixin for methods whose ViT ``encoder`` reconstructs pixel patches (MAE, M3AE): frozen
+    features of the whole picture and the pixel panels. ``panel_images`` says which pictures
+    the prediction of a step belongs to (the batch's, unless the step swapped some)."""
+
+    encoder: nn.Module
+    patch_size: int
+    grid_size: tuple[int, int]
+    norm_pix_loss: bool
+    media = ("panels",)
+
+    @torch.no_grad()
+    def features(self, batch: dict) -> torch.Tensor:
+        """``(B, 1 + L, D)`` ViT tokens (CLS first) of the whole picture, nothing hidden."""
+        return self.encoder(batch["image"], None)
+
+    def panel_images(self, batch: dict, out) -> torch.Tensor:
+        return batch["image"]
+
+    @torch.no_grad()
+    def reconstruction_panels(self, batch: dict, out) -> dict[str, torch.Tensor]:
+        return pixel_reconstruction_panels(self.panel_images(batch, out), out.pred, out.mask, self.patch_size,
+                                           self.grid_size, self.norm_pix_loss)
