@@ -8,7 +8,7 @@ its ``conf/data`` yaml) and no edit to the DataModule.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 F = TypeVar("F")
 
@@ -34,6 +34,26 @@ class Registry(Generic[F]):
             raise ValueError(f"{self.kind} dataset {name!r} is already registered")
         self._formats[name] = fmt
         return fmt
+
+    def decorator(self, name: str, fmt_type: Callable[..., F], **fields: Any) -> Callable:
+        """A decorator registering its function as ``fmt_type(name, function, **fields)``."""
+
+        def register(make: Callable) -> Callable:
+            self.add(name, fmt_type(name, make, **fields))
+            return make
+
+        return register
+
+    def module_getattr(self, module: str) -> Callable[[str], tuple[str, ...]]:
+        """A module ``__getattr__`` serving ``DATASETS`` (the registered names, as the former
+        constant of that module)."""
+
+        def __getattr__(name: str) -> tuple[str, ...]:
+            if name == "DATASETS":
+                return self.names()
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+        return __getattr__
 
     def remove(self, name: str) -> None:
         """Forget ``name`` (for tests registering a format for a while)."""

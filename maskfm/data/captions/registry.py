@@ -56,9 +56,4 @@ def register_caption_dataset(
     name: str, *, generated: bool = False
 ) -> Callable[[Callable[[CaptionSet], Dataset]], Callable[[CaptionSet], Dataset]]:
     """Register the decorated factory as caption format ``name`` (see :class:`CaptionFormat`)."""
-
-    def register(make: Callable[[CaptionSet], Dataset]) -> Callable[[CaptionSet], Dataset]:
-        CAPTION_DATASETS.add(name, CaptionFormat(name, make, generated))
-        return make
-
-    return register
+    return CAPTION_DATASETS.decorator(name, CaptionFormat, generated=generated)

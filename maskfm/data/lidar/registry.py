@@ -46,9 +46,4 @@ def register_lidar_dataset(
     name: str, *, generated: bool = False
 ) -> Callable[[Callable[[LidarSet], Dataset]], Callable[[LidarSet], Dataset]]:
     """Register the decorated factory as LiDAR format ``name`` (see :class:`LidarFormat`)."""
-
-    def register(make: Callable[[LidarSet], Dataset]) -> Callable[[LidarSet], Dataset]:
-        LIDAR_DATASETS.add(name, LidarFormat(name, make, generated))
-        return make
-
-    return register
+    return LIDAR_DATASETS.decorator(name, LidarFormat, generated=generated)

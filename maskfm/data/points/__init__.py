@@ -69,7 +69,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> tuple[str, ...]:
-    if name == "DATASETS":  # the registered format names, as the former constant
-        return POINT_DATASETS.names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = POINT_DATASETS.module_getattr(__name__)  # DATASETS: the registered names

@@ -190,3 +190,21 @@ class _PointCloudDataset(Dataset):
             CorruptPointCloudError,
         )
         return {"points": torch.from_numpy(points), "label": int(label), "skipped": skipped}
+
+
+class _ArrayPointCloudDataset(_PointCloudDataset):
+    """Clouds held in memory as ``points`` (M, P, 3) and ``labels`` (M,); with ``random_order``
+    a sample is a random permutation of its points cut to ``num_points`` (torch RNG)."""
+
+    points: np.ndarray
+    labels: np.ndarray
+    random_order: bool = False
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def _load(self, idx: int) -> tuple[np.ndarray, int]:
+        pts = self.points[idx]
+        if self.random_order:
+            pts = pts[torch.randperm(len(pts))[: self.num_points].numpy()]
+        return np.ascontiguousarray(pts), int(self.labels[idx])

@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from maskfm.data.base import check_dir
 from maskfm.data.points.cache import load_point_cache, save_point_cache
@@ -17,10 +16,10 @@ from maskfm.data.points.common import (
     MAX_ABS_COORD_UNIT,
     CorruptPointCloudError,
     UntrustedPickleError,
+    _ArrayPointCloudDataset,
     _check_points,
     _check_split,
     _normalize_rows,
-    _PointCloudDataset,
     _read_list,
     farthest_point_subsample,
 )
@@ -50,7 +49,7 @@ def _read_modelnet_txt(path: Path, need: int, lst: Path, line: int) -> np.ndarra
     return _check_points(arr, path, need, columns=(3, 6))
 
 
-class ModelNet40(_PointCloudDataset):
+class ModelNet40(_ArrayPointCloudDataset):
     """ModelNet40 ``modelnet40_normal_resampled`` (``root``), served from a safe .npz cache.
 
     ``root`` holds ``modelnet40_shape_names.txt`` (class index = line), ``modelnet40_{split}.txt``
@@ -103,6 +102,7 @@ class ModelNet40(_PointCloudDataset):
         self.skip_corrupt = skip_corrupt
         self.trust_pickle = trust_pickle
         self.deterministic = deterministic
+        self.random_order = split == "train" and not deterministic  # clouds hold num_points
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self.cache_file = None if cache_file is None else Path(cache_file).expanduser()
         self.classes = self.read_classes(self.root)
@@ -142,17 +142,8 @@ class ModelNet40(_PointCloudDataset):
         path = check_dir(root, "ModelNet40 root") / "modelnet40_shape_names.txt"
         return [name for name, _ in _read_list(path, "ModelNet40 shape-names file")]
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def _describe(self) -> str:
         return f"ModelNet40 {self.split} under '{self.root}'"
-
-    def _load(self, idx: int) -> tuple[np.ndarray, int]:
-        pts = self.points[idx]
-        if self.split == "train" and not self.deterministic:
-            pts = pts[torch.randperm(len(pts)).numpy()]
-        return np.ascontiguousarray(pts), int(self.labels[idx])
 
     # ---- cache resolution -----------------------------------------------------------
 

@@ -61,9 +61,7 @@ def register_point_dataset(
     build_once: bool = False,
 ) -> Callable[[Callable[[PointSet], Dataset]], Callable[[PointSet], Dataset]]:
     """Register the decorated factory as point-cloud format ``name`` (see :class:`PointFormat`)."""
-
-    def register(make: Callable[[PointSet], Dataset]) -> Callable[[PointSet], Dataset]:
-        POINT_DATASETS.add(name, PointFormat(name, make, classes, generated, variants, build_once))
-        return make
-
-    return register
+    return POINT_DATASETS.decorator(
+        name, PointFormat, classes=classes, generated=generated, variants=variants,
+        build_once=build_once,
+    )  # fmt: skip

@@ -7,14 +7,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from maskfm.data.base import check_dir
 from maskfm.data.points.common import (
     MAX_ABS_COORD_METRES,
     CorruptPointCloudError,
+    _ArrayPointCloudDataset,
     _check_split,
-    _PointCloudDataset,
     farthest_point_subsample,
 )
 from maskfm.data.points.registry import PointSet, register_point_dataset
@@ -34,7 +33,7 @@ SCANOBJECTNN_VARIANTS = {
 }
 
 
-class ScanObjectNN(_PointCloudDataset):
+class ScanObjectNN(_ArrayPointCloudDataset):
     """ScanObjectNN h5 files (``root`` = ``.../ScanObjectNN``), 15 classes.
 
     ``variant``: "obj_bg" = ``main_split/{training,test}_objectdataset.h5``; "obj_only" =
@@ -166,17 +165,8 @@ class ScanObjectNN(_PointCloudDataset):
             )
         return data.astype(np.float32, copy=False), labels
 
-    def __len__(self) -> int:
-        return len(self.points)
-
     def _describe(self) -> str:
         return f"ScanObjectNN '{self.path}'"
-
-    def _load(self, idx: int) -> tuple[np.ndarray, int]:
-        pts = self.points[idx]
-        if self.random_order:
-            pts = pts[torch.randperm(len(pts))[: self.num_points].numpy()]
-        return np.ascontiguousarray(pts), int(self.labels[idx])
 
 
 def _scanobjectnn_classes(root: str | None) -> list[str]:
