@@ -347,7 +347,7 @@ def test_modelnet_cache_dir_for_read_only_root(tmp_path):
 
 
 def test_modelnet_unwritable_cache_kept_in_memory(tmp_path, monkeypatch, caplog):
-    import maskfm.data.points as points_module
+    import maskfm.data.points.modelnet as points_module
 
     def read_only(path, *args, **kwargs):
         raise PermissionError(f"read-only: {path}")

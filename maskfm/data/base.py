@@ -1,12 +1,16 @@
-"""What every maskfm DataModule shares: the loaders over a train and a val dataset."""
+"""What every maskfm DataModule and dataset shares: the loaders over a train and a val dataset,
+corrupt-item skipping, the data-root check and seeded generated samples."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from maskfm.errors import UserInputError
@@ -91,3 +95,52 @@ def load_or_skip(
             bad.add(j)
             log.warning("skipping an unusable item of %s: %s", what, e)
     raise exhausted(f"none of the {num_items} {what} is usable")
+
+
+def check_dir(
+    path: str | os.PathLike | None, what: str, *, one_error: bool = False
+) -> Path:
+    """``path`` (``~`` expanded) if it is an existing folder, else raise naming it as ``what``.
+
+    None raises ValueError. A missing path raises FileNotFoundError and a file
+    NotADirectoryError, or with ``one_error`` both FileNotFoundError ("does not exist or is
+    not a directory").
+    """
+    if path is None:
+        raise ValueError(f"{what} is required (got None)")
+    p = Path(path).expanduser()
+    if one_error and not p.is_dir():
+        raise FileNotFoundError(f"{what} '{p}' does not exist or is not a directory")
+    if not p.exists():
+        raise FileNotFoundError(f"{what} '{p}' does not exist")
+    if not p.is_dir():
+        raise NotADirectoryError(f"{what} '{p}' is not a directory")
+    return p
+
+
+class SeededSamples:
+    """Generated data where sample ``i`` is a pure function of ``(seed, split, i)``.
+
+    Checks ``num_samples``, ``split`` (a key of ``split_ids``) and ``seed``; :meth:`rng` gives
+    sample ``i``'s ``numpy.random.default_rng([seed, split_ids[split], i])``.
+    """
+
+    def __init__(self, num_samples: int, seed: int, split: str, split_ids: dict[str, int]) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if split not in split_ids:
+            raise ValueError(f"split must be one of {sorted(split_ids)}, got {split!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {seed}")
+        self.num_samples, self.seed, self.split = num_samples, seed, split
+        self._split_id = split_ids[split]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def rng(self, idx: int) -> tuple[int, np.random.Generator]:
+        """(``idx`` wrapped to ``[0, num_samples)``, the generator of that sample)."""
+        if not -self.num_samples <= idx < self.num_samples:
+            raise IndexError(f"index {idx} out of range for {self.num_samples} samples")
+        idx %= self.num_samples
+        return idx, np.random.default_rng([self.seed, self._split_id, idx])

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from maskfm.data.base import LoaderDataModule, load_or_skip
+from maskfm.data.base import LoaderDataModule, SeededSamples, check_dir, load_or_skip
 from maskfm.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def render_shapes(rng: np.random.Generator, img_size: int) -> tuple[Image.Image,
     return img.resize((img_size, img_size), Image.LANCZOS), label
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(SeededSamples, Dataset):
     """Procedurally generated shape pictures (no download), ``len(CLASSES)`` classes.
 
     Sample ``i`` is a pure function of ``(seed, split, i, img_size)``: it is drawn from
@@ -246,33 +246,19 @@ class SyntheticShapes(Dataset):
         split: str = "train",
         transform: Transform | None = None,
     ) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        SeededSamples.__init__(self, num_samples, seed, split, _SPLIT_IDS)
         if img_size < 8:
             raise ValueError(f"img_size must be >= 8 pixels, got {img_size}")
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {seed}")
-        self.num_samples = num_samples
         self.img_size = img_size
-        self.seed = seed
-        self.split = split
         self.transform = (
             transform
             if transform is not None
             else T.Compose([T.ToTensor(), T.Normalize(SYNTHETIC_MEAN, SYNTHETIC_STD)])
         )
 
-    def __len__(self) -> int:
-        return self.num_samples
-
     def render(self, idx: int) -> tuple[Image.Image, int]:
         """The raw PIL picture and label of sample ``idx``."""
-        if not -self.num_samples <= idx < self.num_samples:
-            raise IndexError(f"index {idx} out of range for {self.num_samples} samples")
-        idx %= self.num_samples
-        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], idx])
+        _, rng = self.rng(idx)
         return render_shapes(rng, self.img_size)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
@@ -283,15 +269,6 @@ class SyntheticShapes(Dataset):
 # --------------------------------------------------------------------------------------
 # ImageFolder
 # --------------------------------------------------------------------------------------
-
-
-def _check_dir(root: str | os.PathLike) -> Path:
-    path = Path(root)
-    if not path.exists():
-        raise FileNotFoundError(f"image root '{path}' does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"image root '{path}' is not a directory")
-    return path
 
 
 def _list_classes(root: Path) -> tuple[list[str], dict[str, int]]:
@@ -320,7 +297,7 @@ class ImageFolderDataset(Dataset):
         transform: Transform | None = None,
         skip_corrupt: bool = False,
     ) -> None:
-        self.root = _check_dir(root)
+        self.root = check_dir(root, "image root")
         self.classes, self.class_to_idx = _list_classes(self.root)
         self.samples: list[tuple[str, int]] = make_dataset(
             self.root, self.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
@@ -433,9 +410,9 @@ class ImageFolderDataModule(LoaderDataModule):
         self.save_hyperparameters()
         self.root = str(root)
         self.val_root = None if val_root is None else str(val_root)
-        classes, _ = _list_classes(_check_dir(self.root))
+        classes, _ = _list_classes(check_dir(self.root, "image root"))
         if self.val_root is not None:
-            _list_classes(_check_dir(self.val_root))
+            _list_classes(check_dir(self.val_root, "image root"))
         self.img_size = img_size
         self.batch_size = batch_size
         self.num_workers = num_workers

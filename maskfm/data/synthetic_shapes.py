@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from maskfm.data.base import SeededSamples
+
 CLASSES = (
     "sphere",
     "ellipsoid",
@@ -374,7 +376,7 @@ def sample_shape(rng: np.random.Generator, label: int, num_points: int) -> np.nd
     return p.astype(np.float32)
 
 
-class SyntheticShapes3D(Dataset):
+class SyntheticShapes3D(SeededSamples, Dataset):
     """Procedural surface point clouds of ``len(CLASSES)`` primitive shapes (no download).
 
     Sample ``i`` is a pure function of ``(seed, split, i, num_points)``: drawn from
@@ -388,32 +390,18 @@ class SyntheticShapes3D(Dataset):
     def __init__(
         self, num_samples: int, num_points: int = 1024, seed: int = 0, split: str = "train"
     ) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        SeededSamples.__init__(self, num_samples, seed, split, _SPLIT_IDS)
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {seed}")
-        self.num_samples = num_samples
         self.num_points = num_points
-        self.seed = seed
-        self.split = split
 
     @property
     def num_classes(self) -> int:
         return len(CLASSES)
 
-    def __len__(self) -> int:
-        return self.num_samples
-
     def generate(self, idx: int) -> tuple[np.ndarray, int]:
         """(points float32 (num_points, 3), label) of sample ``idx``."""
-        if not -self.num_samples <= idx < self.num_samples:
-            raise IndexError(f"index {idx} out of range for {self.num_samples} samples")
-        idx %= self.num_samples
-        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], idx])
+        idx, rng = self.rng(idx)
         label = idx % len(CLASSES)
         return sample_shape(rng, label, self.num_points), label
 
