@@ -32,6 +32,8 @@ class MAE(MaskedMethod):
         norm_pix_loss: predict per-patch normalised pixels (MAE's released setting).
     """
 
+    encoder: ViTEncoder
+
     def __init__(
         self,
         masker: Masker | None = None,
@@ -105,6 +107,7 @@ class MAE(MaskedMethod):
 
     @torch.no_grad()
     def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
+        assert out.pred is not None and out.mask is not None, "MAE's forward sets pred and mask"
         return pixel_reconstruction_panels(
             batch["image"], out.pred, out.mask, self.patch_size, self.grid_size, self.norm_pix_loss
         )
