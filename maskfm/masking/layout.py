@@ -74,14 +74,15 @@ class TokenLayout:
             raise ValueError("a grid2d layout needs grid_size=(rows, cols)")
 
     def _check_ragged(self) -> None:
+        batch_index = self.ragged_batch_index
         v = self.positions.shape[0]
         if self.positions.dim() != 2:
             raise ValueError(f"ragged positions must be (V, D), got shape {tuple(self.positions.shape)}")
         if self.valid.shape != (v,) or self.valid.dtype != torch.bool:
             raise ValueError(f"ragged valid must be a bool tensor of shape ({v},), got "
                              f"{self.valid.dtype} {tuple(self.valid.shape)}")
-        if self.batch_index.shape != (v,):
-            raise ValueError(f"batch_index must have shape ({v},), got {tuple(self.batch_index.shape)}")
+        if batch_index.shape != (v,):
+            raise ValueError(f"batch_index must have shape ({v},), got {tuple(batch_index.shape)}")
         if self.ragged_batch_size is None or self.kind == GRID_2D or self.groups is not None:
             raise ValueError("a ragged layout needs ragged_batch_size and takes no grid_size or groups")
 
@@ -90,8 +91,18 @@ class TokenLayout:
         return self.batch_index is not None
 
     @property
+    def ragged_batch_index(self) -> torch.Tensor:
+        """``batch_index`` of a ragged layout; raises on a dense one."""
+        if self.batch_index is None:
+            raise ValueError("batch_index is only set on ragged layouts")
+        return self.batch_index
+
+    @property
     def batch_size(self) -> int:
-        return self.ragged_batch_size if self.is_ragged else self.positions.shape[0]
+        if self.is_ragged:
+            assert self.ragged_batch_size is not None, "a ragged layout has ragged_batch_size (checked at init)"
+            return self.ragged_batch_size
+        return self.positions.shape[0]
 
     @property
     def num_tokens(self) -> int:
@@ -103,7 +114,7 @@ class TokenLayout:
         selected = self.valid if mask is None else self.valid & mask
         if not self.is_ragged:
             return selected.sum(dim=1)
-        return torch.bincount(self.batch_index[selected], minlength=self.batch_size)
+        return torch.bincount(self.ragged_batch_index[selected], minlength=self.batch_size)
 
     def padded(self) -> tuple[TokenLayout, torch.Tensor]:
         """The dense form of a ragged layout and ``slot (V,)``: token i sits at
@@ -111,16 +122,17 @@ class TokenLayout:
         if not self.is_ragged:
             raise ValueError("padded() is for ragged layouts")
         b, (v, d), dev = self.batch_size, self.positions.shape, self.device
-        order = torch.argsort(self.batch_index, stable=True)
-        per_sample = torch.bincount(self.batch_index, minlength=b)
+        batch_index = self.ragged_batch_index
+        order = torch.argsort(batch_index, stable=True)
+        per_sample = torch.bincount(batch_index, minlength=b)
         starts = torch.cumsum(per_sample, 0) - per_sample
         slot = torch.empty(v, dtype=torch.long, device=dev)
-        slot[order] = torch.arange(v, device=dev) - starts[self.batch_index[order]]
+        slot[order] = torch.arange(v, device=dev) - starts[batch_index[order]]
         n = int(per_sample.max()) if v else 0
         positions = self.positions.new_zeros(b, n, d)
-        positions[self.batch_index, slot] = self.positions
+        positions[batch_index, slot] = self.positions
         valid = torch.zeros(b, n, dtype=torch.bool, device=dev)
-        valid[self.batch_index, slot] = self.valid
+        valid[batch_index, slot] = self.valid
         return TokenLayout(self.kind, positions, valid), slot
 
     @property

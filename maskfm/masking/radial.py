@@ -193,7 +193,7 @@ class RadialMasker(Masker):
         if layout.is_ragged:
             hidden = torch.zeros_like(layout.valid)
             valid = layout.valid
-            hidden[valid] = radial_mask(layout.positions[valid], layout.batch_index[valid], layout.batch_size,
+            hidden[valid] = radial_mask(layout.positions[valid], layout.ragged_batch_index[valid], layout.batch_size,
                                         self.ratio, self.sector_deg, generator, self.mode, self.range_aware,
                                         self.grid_min, self.voxel_size)
             return hidden

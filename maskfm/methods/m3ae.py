@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,8 @@ class M3AE(PixelReconstruction, MaskedMethod):
         norm_pix_loss: MIM targets are per-patch normalised pixels (released: True).
     """
 
+    encoder: ViTEncoder
+
     def __init__(
         self,
         vocab_size: int,
@@ -190,7 +192,7 @@ class M3AE(PixelReconstruction, MaskedMethod):
             load_image_weights(self.encoder, image.pretrained, image.allow_partial)
         self.grid_size = self.encoder.grid_size
         self.text_encoder = build_text_encoder(text, vocab_size, pad_token_id)
-        text_dim = self.text_encoder.config.hidden_size
+        text_dim: int = cast(Any, self.text_encoder).config.hidden_size  # a transformers model
 
         dim = fusion.dim
         self.image_proj = nn.Linear(self.encoder.embed_dim, dim)
@@ -329,7 +331,7 @@ class M3AE(PixelReconstruction, MaskedMethod):
         itm = F.cross_entropy(itm_logits, itm_labels)
         itm_acc = (itm_logits.argmax(-1) == itm_labels).float().mean()
         parts = {"mim": mim, "mlm": mlm, "itm": itm}
-        loss = sum(self.loss_weights[k] * v for k, v in parts.items())
+        loss = cast(torch.Tensor, sum(self.loss_weights[k] * v for k, v in parts.items()))
         return MaskedModelingOutput(
             loss=loss, parts=parts, pred=pred, mask=image_mask,
             metrics={"mlm_acc": mlm_acc.detach(), "itm_acc": itm_acc.detach()},

@@ -31,6 +31,8 @@ class MAE(PixelReconstruction, MaskedMethod):
         norm_pix_loss: predict per-patch normalised pixels (MAE's released setting).
     """
 
+    encoder: ViTEncoder
+
     def __init__(
         self,
         masker: Masker | None = None,

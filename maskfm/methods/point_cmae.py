@@ -24,7 +24,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers.weight_init import trunc_normal_
 from torch import nn
 
 from maskfm.masking import Masker, RandomMasker
@@ -87,6 +87,12 @@ class PointCMAE(PointPatchAutoencoder, MaskedMethod):
         recon_weight, contrast_weight: 1000 and 1 as released.
         num_groups ... pointnet_hidden: the sizes, as :class:`~maskfm.methods.point_mae.PointMAE`.
     """
+
+    # registered in __init__ with register_parameter
+    cls_token1: nn.Parameter
+    cls_pos1: nn.Parameter
+    cls_token2: nn.Parameter
+    cls_pos2: nn.Parameter
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -125,7 +126,7 @@ class MaskedPretrainer(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, betas=(0.9, 0.95))
         # plain tuples, not OmegaConf lists: checkpoints must load with weights_only=True
-        momentum_range = tuple(momentum_range) if momentum_range is not None else None
+        momentum_range = cast("tuple[float, float]", tuple(momentum_range)) if momentum_range is not None else None
         lr_multipliers = {str(k): float(v) for k, v in lr_multipliers.items()} if lr_multipliers else None
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
@@ -143,7 +144,7 @@ class MaskedPretrainer(L.LightningModule):
     def mask_generator(self, batch_idx: int, stage: str = "train") -> torch.Generator:
         stage_id = {"train": 0, "val": 1, "viz": 2}[stage]
         epoch = self.current_epoch if stage == "train" else 0
-        seed = hash((self.hparams.mask_seed, stage_id, epoch, batch_idx, self.global_rank))
+        seed = hash((cast(Any, self.hparams).mask_seed, stage_id, epoch, batch_idx, self.global_rank))
         return torch.Generator(device=self.device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
 
     def progress(self, batch_idx: int) -> Progress:
@@ -191,7 +192,8 @@ class MaskedPretrainer(L.LightningModule):
         all, or one that stops before its final step.
         """
         stepped = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # steps taken, resumed ones included
-        if stepped == 0 or stepped % self.trainer.log_every_n_steps == 0:
+        trainer = cast(Any, self.trainer)  # Lightning sets log_every_n_steps on it at runtime
+        if stepped == 0 or stepped % trainer.log_every_n_steps == 0:
             return  # nothing trained, or Lightning logged this step itself
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
                    if k.startswith("train/") and v.numel() == 1}
@@ -219,7 +221,7 @@ class MaskedPretrainer(L.LightningModule):
         self.skipped_nonfinite += 1
         self._drop_update = True
         log.warning("%s; batch skipped (trainer.skip_nonfinite=true, %d so far)", message, self.skipped_nonfinite)
-        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return cast(torch.Tensor, sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self._drop_update:  # a skipped non-finite batch (see stop_or_skip)
@@ -242,7 +244,7 @@ class MaskedPretrainer(L.LightningModule):
     def log_output(self, stage: str, out: MaskedModelingOutput, batch: dict) -> None:
         bs = batch_size_of(batch)
         on_step = stage == "train"
-        kw = dict(batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        kw: dict[str, Any] = dict(batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **kw)
         for name, value in {**out.parts, **out.metrics}.items():
             self.log(f"{stage}/{name}", value.detach(), **kw)
@@ -251,7 +253,7 @@ class MaskedPretrainer(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------
     def effective_batch_size(self) -> int:
-        dm = self.trainer.datamodule
+        dm = cast(Any, self.trainer).datamodule  # set at runtime by Lightning
         if dm is None or not hasattr(dm, "batch_size"):
             raise ValueError("the lr scaling rule needs a datamodule with a `batch_size` attribute")
         return dm.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
@@ -260,7 +262,7 @@ class MaskedPretrainer(L.LightningModule):
         """The optimiser training uses, and its lr: ``base_lr x effective batch / reference``
         (or ``base_lr`` when ``lr_reference_batch`` is 0), weight decay on weights only (or on
         everything with ``decay_all``), per-module lr multipliers. The benchmark times this one."""
-        hp = self.hparams
+        hp = cast(Any, self.hparams)
         if hp.lr_reference_batch:
             lr = hp.base_lr * effective_batch_size / hp.lr_reference_batch
             log.info("lr = base_lr %.3g x effective batch %d / %d = %.3g",
@@ -275,7 +277,7 @@ class MaskedPretrainer(L.LightningModule):
         return self.optimizer_factory(groups, lr=lr), lr
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = cast(Any, self.hparams)
         optimizer, self.lr = self.build_optimizer(self.effective_batch_size())
         groups = optimizer.param_groups
 
@@ -312,7 +314,8 @@ class MaskedPretrainer(L.LightningModule):
     # torch.load(weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["maskfm_config"] = self.run_config
-        np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())  # legacy=True: a tuple
+        np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np_state
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],

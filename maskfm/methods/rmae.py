@@ -16,6 +16,8 @@ the sensor is at the metric origin.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 
 from maskfm.masking import POINTS_3D, RadialMasker, TokenLayout
@@ -27,6 +29,9 @@ from maskfm.nn.occupancy import (
     densify,
     gather_coarse,
 )
+
+if TYPE_CHECKING:
+    from maskfm.nn.sparse_backbone import VoxelBackBone8x, VoxelResBackBone8x
 
 DECODERS = ("sparse", "dense")
 
@@ -50,6 +55,10 @@ class RMAE(MaskedMethod):
         decoder: ``sparse`` or ``dense`` (see the module docstring).
         empty_per_occupied: sparse decoder only, sampled empty cells per occupied voxel.
     """
+
+    encoder: VoxelBackBone8x | VoxelResBackBone8x
+    pc_min: torch.Tensor  # buffers, registered in __init__
+    voxel: torch.Tensor
 
     def __init__(
         self,
@@ -107,7 +116,8 @@ class RMAE(MaskedMethod):
                 "voxels (data.min_voxels) or sectors, or the ratio is too high")
         encoded = self.encode(batch, keep=~hidden)["encoded"]
         args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape), coords, batch_size, self.sparse_shape)
-        loss = (self.decoder.loss(*args, generator=generator) if self.decoder_kind == "sparse"
+        loss = (cast(SparseOccupancyDecoder, self.decoder).loss(*args, generator=generator)
+                if self.decoder_kind == "sparse"
                 else self.decoder.loss(*args))
         return MaskedModelingOutput(loss=loss, parts={"occupancy": loss}, mask=hidden,
                                     extras={"visible_fraction": (~hidden).float().mean()})
@@ -130,6 +140,7 @@ class RMAE(MaskedMethod):
         reconstruction (the input voxels the decoder, reading the visible ones only, calls
         occupied; a picture of recall, empty cells are not drawn)."""
         coords, hidden = batch["voxel_coords"], out.mask
+        assert hidden is not None, "R-MAE's forward sets mask"
         first = coords[:, 0] == 0
         encoded = self.encode(batch, keep=~hidden)["encoded"]
         args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape))

@@ -16,6 +16,8 @@ the opposite for ``y[nn(i)]``), the nearest neighbour being held fixed.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -66,7 +68,8 @@ def _nearest_indices(
     y_sq = (y * y).sum(dim=-1).unsqueeze(1)  # (B, 1, M)
     y_t = y.transpose(1, 2)
     idx1 = []
-    best2 = idx2 = None
+    best2: torch.Tensor | None = None
+    idx2: torch.Tensor | None = None
     for r0 in range(0, n, rows):
         xy = torch.bmm(x[:, r0 : r0 + rows], y_t)  # (B, R, M)
         idx1.append(torch.add(y_sq, xy, alpha=-2.0).argmin(dim=2))
@@ -75,10 +78,11 @@ def _nearest_indices(
         if best2 is None:
             best2, idx2 = val, arg
         else:  # strict <: the earlier (lower) index wins ties
+            assert idx2 is not None, "idx2 is set with best2"
             better = val < best2
             best2 = torch.where(better, val, best2)
             idx2 = torch.where(better, arg, idx2)
-    return torch.cat(idx1, dim=1), idx2
+    return torch.cat(idx1, dim=1), cast(torch.Tensor, idx2)  # set by the loop (torch.cat raises when n = 0)
 
 
 def nearest_sq_dists(

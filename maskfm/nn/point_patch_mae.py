@@ -89,6 +89,7 @@ class PointPatchAutoencoder:
         groups = self.group(batch["points"])
         b = groups.neighborhood.shape[0]
         absolute = groups.neighborhood + groups.centers[:, :, None]
+        assert out.pred is not None and out.mask is not None, "a point-patch forward sets pred and mask"
         visible = absolute[~out.mask].reshape(b, -1, 3)
         hidden_centers = out.extras["centers"][out.mask].reshape(b, -1, 1, 3)
         predicted = (out.pred[out.mask].reshape(b, -1, *out.pred.shape[2:]) + hidden_centers).reshape(b, -1, 3)

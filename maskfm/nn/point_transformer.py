@@ -14,9 +14,11 @@ C width.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers.weight_init import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -119,7 +121,7 @@ class PointPatchEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.encoder = MiniPointNet(embed_dim, tuple(pointnet_hidden))
+        self.encoder = MiniPointNet(embed_dim, cast("tuple[int, int, int]", tuple(pointnet_hidden)))
         self.pos_embed = position_mlp(embed_dim)
         self.blocks = TransformerWithPos(embed_dim, depth, num_heads, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim)

@@ -127,7 +127,8 @@ def require_spconv() -> ModuleType:
     return spconv
 
 
-def _spconv_ops() -> ModuleType:
+def _spconv_ops() -> Any:
+    """``spconv.pytorch.ops``, typed Any: its attributes are read and patched by name."""
     if _import_spconv() is None:
         raise ImportError(_INSTALL_HINT)
     return importlib.import_module("spconv.pytorch.ops")

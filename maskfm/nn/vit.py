@@ -8,9 +8,10 @@ Blocks are timm's; we do not write our own attention.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -35,7 +36,8 @@ def transformer_blocks(
     """``depth`` timm pre-norm blocks with qkv bias and a linear drop-path ramp."""
     rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
     return nn.ModuleList(
-        Block(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=LayerNorm6)
+        Block(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=r,
+              norm_layer=cast(type[nn.Module], LayerNorm6))  # timm types it as a class; a partial works
         for r in rates
     )
 
