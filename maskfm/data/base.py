@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import lightning as L
 import numpy as np
@@ -36,10 +36,11 @@ class LoaderDataModule(L.LightningDataModule):
         return {}
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        if train and len(dataset) < self.batch_size:  # drop_last: the loader would be empty
+        sized = cast(Sized, dataset)  # a map-style dataset
+        if train and len(sized) < self.batch_size:  # drop_last: the loader would be empty
             source = getattr(self, "hparams", {}).get("root") or type(self).__name__
             raise UserInputError(
-                f"{source}: the training set has {len(dataset)} samples, fewer than one batch "
+                f"{source}: the training set has {len(sized)} samples, fewer than one batch "
                 f"(data.batch_size={self.batch_size}), so training would run no step; lower data.batch_size "
                 "or add data")
         return DataLoader(
@@ -55,10 +56,12 @@ class LoaderDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        assert self.train_set is not None, "setup('fit') sets train_set"
         return self.loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("fit")
+        assert self.val_set is not None, "setup('fit') sets val_set"
         return self.loader(self.val_set, train=False)
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile
@@ -121,7 +121,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         else:  # value noise: a coarse random grid upsampled bicubically
             grid = int(rng.integers(3, 9))
             coarse = Image.fromarray(rng.random((grid, grid), dtype=np.float32), mode="F")
-            f = np.asarray(coarse.resize((size, size), Image.BICUBIC)).clip(0, 1)
+            f = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC)).clip(0, 1)
         field += f
     field /= len(kinds)
     c0 = rng.uniform(0.15, 0.85, size=3).astype(np.float32)
@@ -137,7 +137,7 @@ def _pick_colour(rng: np.random.Generator, avoid: np.ndarray) -> tuple[int, int,
     dist = np.linalg.norm(rgb - avoid, axis=1)
     far = np.flatnonzero(dist > 0.5)
     best = rgb[far[0] if far.size else int(dist.argmax())]
-    return tuple(int(c * 255 + 0.5) for c in best)
+    return cast("tuple[int, int, int]", tuple(int(c * 255 + 0.5) for c in best))
 
 
 def _polygon(cx: float, cy: float, radii: np.ndarray, angle: float) -> list[tuple[float, float]]:
@@ -221,7 +221,7 @@ def render_shapes(rng: np.random.Generator, img_size: int) -> tuple[Image.Image,
     r = rng.uniform(0.25, 0.60) * size / 2
     cx, cy = rng.uniform(r, size - r, size=2)
     _draw_shape(draw, rng, CLASSES[label], cx, cy, r, _pick_colour(rng, bg_mean))
-    return img.resize((img_size, img_size), Image.LANCZOS), label
+    return img.resize((img_size, img_size), Image.Resampling.LANCZOS), label
 
 
 class SyntheticShapes(SeededSamples, Dataset):

@@ -137,7 +137,11 @@ class LidarSensor:
 
 
 def _row(
-    rng: np.random.Generator, start: float, stop: float, length, gap
+    rng: np.random.Generator,
+    start: float,
+    stop: float,
+    length: tuple[float, float],
+    gap: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Objects in a row along x: (centres, lengths) with lengths ~U(length), gaps ~U(gap)."""
     n = int((stop - start) / (np.mean(length) + gap[0])) + 2

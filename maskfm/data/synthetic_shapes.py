@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -81,7 +81,8 @@ def _disc(z: float | tuple[float, float], r_in: float = 0.0, r_out: float = 1.0)
         u = rng.random((k, 2))
         r = np.sqrt(r_in**2 + u[:, 0] * (r_out**2 - r_in**2))
         t = 2 * math.pi * u[:, 1]
-        zz = np.full(k, z) if np.isscalar(z) else np.where(rng.random(k) < 0.5, z[0], z[1])
+        pair = cast("tuple[float, float]", z)  # read only when z is not a scalar
+        zz = np.full(k, z) if np.isscalar(z) else np.where(rng.random(k) < 0.5, pair[0], pair[1])
         p = np.stack([r * np.cos(t), r * np.sin(t), zz], axis=1)
         n = np.zeros((k, 3))
         n[:, 2] = 1.0

@@ -74,9 +74,11 @@ def train_tokenizer(corpus: Iterable[str], kind: str = "bpe", vocab_size: int = 
         )
     tok.train_from_iterator(list(corpus), trainer=trainer)
     if kind == "bpe":
+        sep_id, cls_id = tok.token_to_id("</s>"), tok.token_to_id("<s>")
+        assert sep_id is not None and cls_id is not None  # special tokens of the trained vocabulary
         tok.post_processor = processors.RobertaProcessing(
-            ("</s>", tok.token_to_id("</s>")),
-            ("<s>", tok.token_to_id("<s>")),
+            ("</s>", sep_id),
+            ("<s>", cls_id),
             trim_offsets=True,
             add_prefix_space=False,
         )

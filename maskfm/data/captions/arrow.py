@@ -54,7 +54,9 @@ class ArrowCaptions(_RecordDataset):
                 raise CaptionRecordError(f"Arrow file '{path}' has no rows")
             caps = table.column("caption")
             if pa.types.is_list(caps.type) or pa.types.is_large_list(caps.type):
-                lens = pc.list_value_length(caps).fill_null(0).to_pylist()
+                # pyarrow.compute's functions are generated at import: not in its stubs
+                value_lengths = pc.list_value_length  # pyright: ignore[reportAttributeAccessIssue]
+                lens = value_lengths(caps).fill_null(0).to_pylist()
             else:
                 lens = [1] * len(caps)
             for row, n in enumerate(lens):
@@ -109,5 +111,6 @@ class ArrowCaptions(_RecordDataset):
 
 @register_caption_dataset("arrow")
 def _arrow(s: CaptionSet) -> ArrowCaptions:
+    assert s.root is not None  # the DataModule requires a root for real formats
     files = [Path(s.root) / f"{n}_{s.split}.arrow" for n in s.hparams.names]
     return ArrowCaptions(files, s.encoder, s.transform, s.hparams.skip_corrupt)

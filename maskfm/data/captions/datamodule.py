@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence, Sized
+from typing import Any, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import Dataset, Subset
 
 from maskfm.data.base import LoaderDataModule
@@ -16,6 +17,7 @@ from maskfm.data.captions.common import (
     CLIP_STD,
     SYNTHETIC_MEAN,
     SYNTHETIC_STD,
+    _RecordDataset,
     clip_transform,
 )
 from maskfm.data.captions.registry import CAPTION_DATASETS, CaptionSet
@@ -37,7 +39,7 @@ def collate_captions(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _limit(ds: Dataset, n: int | None) -> Dataset:
-    return ds if n is None or n >= len(ds) else Subset(ds, range(n))
+    return ds if n is None or n >= len(cast(Sized, ds)) else Subset(ds, range(n))
 
 
 class CaptionDataModule(LoaderDataModule):
@@ -107,15 +109,17 @@ class CaptionDataModule(LoaderDataModule):
                 tokenizer, tokenizer_kind, cache_dir, vocab_size=vocab_size
             )
             enc = TextEncoder(self.tokenizer, self.max_text_len)
-            hp = self.hparams
+            hp = cast(AttributeDict, self.hparams)
             self.train_set = fmt.make(CaptionSet("train", root, hp, enc, None, self.img_size, num_train))
             self.val_set = fmt.make(CaptionSet("val", root, hp, enc, None, self.img_size, num_val))
         else:
             if root is None:
                 raise ValueError(f"dataset={dataset!r} needs root")
-            transform, hp = clip_transform(self.img_size), self.hparams
+            transform, hp = clip_transform(self.img_size), cast(AttributeDict, self.hparams)
+            # a real format's dataset holds records (corpus, source_files, encoder)
             train = fmt.make(CaptionSet(train_split, root, hp, None, transform, self.img_size))
             val = fmt.make(CaptionSet(val_split, root, hp, None, transform, self.img_size))
+            train, val = cast(_RecordDataset, train), cast(_RecordDataset, val)
             corpus = train.corpus
             key = "|".join(f"{p}:{os.path.getsize(p)}" for p in train.source_files())
             self.tokenizer = load_tokenizer(
@@ -130,11 +134,12 @@ class CaptionDataModule(LoaderDataModule):
     def setup(self, stage: str | None = None) -> None:  # datasets are built in __init__
         pass
 
-    def model_inputs(self) -> dict[str, int]:
+    def model_inputs(self) -> dict[str, Any]:
         """What a text model must know about this tokenizer (passed to its constructor)."""
         return {"vocab_size": self.vocab_size, "pad_token_id": self.pad_token_id,
                 "mask_token_id": self.mask_token_id}
 
     def eval_dataloaders(self):
         """(train, val) loaders without shuffling or dropping the last batch."""
+        assert self.train_set is not None and self.val_set is not None  # built in __init__
         return self.loader(self.train_set, train=False), self.loader(self.val_set, train=False)

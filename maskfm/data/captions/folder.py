@@ -123,6 +123,7 @@ class FolderCaptions(_RecordDataset):
 
 @register_caption_dataset("folder")
 def _folder(s: CaptionSet) -> FolderCaptions:
+    assert s.root is not None  # the DataModule requires a root for real formats
     hp, base = s.hparams, Path(s.root)
     for ext in (".jsonl", ".csv"):
         if (base / f"{s.split}{ext}").is_file():

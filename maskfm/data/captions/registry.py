@@ -9,10 +9,11 @@ format's dataset provides ``source_files()`` and ``corpus()`` (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import Dataset
 
 from maskfm.data.registry import Registry
@@ -28,7 +29,7 @@ class CaptionSet:
 
     split: str
     root: str | None
-    hparams: Mapping[str, Any]
+    hparams: AttributeDict
     encoder: Any
     transform: Any
     img_size: int

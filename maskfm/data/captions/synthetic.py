@@ -68,4 +68,5 @@ class SyntheticCaptions(SeededSamples, Dataset):
 @register_caption_dataset("synthetic", generated=True)
 def _synthetic(s: CaptionSet) -> SyntheticCaptions:
     hp = s.hparams
+    assert s.size is not None  # the DataModule sizes generated splits
     return SyntheticCaptions(s.size, s.encoder, s.img_size, hp.seed, s.split, hp.grounded_kinds)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -84,7 +84,10 @@ def resolve_grid(
     elif grid is None:
         if point_cloud_range is None or voxel_size is None:
             raise ValueError("grid=None needs both point_cloud_range and voxel_size")
-        base = VoxelGrid(tuple(point_cloud_range), tuple(voxel_size))
+        base = VoxelGrid(
+            cast("tuple[float, float, float, float, float, float]", tuple(point_cloud_range)),
+            cast("tuple[float, float, float]", tuple(voxel_size)),
+        )  # VoxelGrid checks the lengths
     else:
         base = grid
     changes: dict[str, Any] = {}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 
 from maskfm.data.base import LoaderDataModule, check_dir
@@ -90,14 +91,19 @@ class LidarDataModule(LoaderDataModule):
         self.val_set: Dataset | None = None
         self._eval_sets: tuple[Dataset, Dataset] | None = None
 
+    @property
+    def _hp(self) -> AttributeDict:
+        """``hparams`` as ``save_hyperparameters`` stored them (typed attribute access)."""
+        return cast(AttributeDict, self.hparams)
+
     def _max_voxels(self, train: bool) -> int | None:
-        mv = self.hparams.max_voxels
+        mv = self._hp.max_voxels
         if mv is None:
             return self.grid.max_voxels_train if train else self.grid.max_voxels_test
         return None if mv == 0 else int(mv)
 
     def _make(self, split: str, train: bool) -> Dataset:
-        hp = self.hparams
+        hp = self._hp
         kw: dict[str, Any] = {
             "grid": self.grid,
             "max_voxels": self._max_voxels(train),
@@ -112,15 +118,15 @@ class LidarDataModule(LoaderDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = self._make(self.hparams.train_split, train=True)
-            self.val_set = self._make(self.hparams.val_split, train=False)
+            self.train_set = self._make(self._hp.train_split, train=True)
+            self.val_set = self._make(self._hp.val_split, train=False)
 
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """(train, val) loaders: unshuffled, no augmentation or point shuffling, test limits."""
         if self._eval_sets is None:
             self._eval_sets = (
-                self._make(self.hparams.train_split, train=False),
-                self._make(self.hparams.val_split, train=False),
+                self._make(self._hp.train_split, train=False),
+                self._make(self._hp.val_split, train=False),
             )
         return (
             self.loader(self._eval_sets[0], train=False),

@@ -50,6 +50,9 @@ class _LidarDataset(Dataset):
         self.augment = augment
         self._bad: set[int] = set()  # per process (each DataLoader worker has its own)
 
+    def __len__(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def _describe(self) -> str:  # pragma: no cover - overridden
         return type(self).__name__
 
@@ -132,7 +135,7 @@ class _FileLidar(_LidarDataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None,
         split: str | None = None,
         *,
         grid: VoxelGrid | str | None = None,

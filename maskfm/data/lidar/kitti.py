@@ -23,7 +23,7 @@ class KittiVelodyne(_FileLidar):
 
     label = "KITTI"
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", **kwargs: Any) -> None:
+    def __init__(self, root: str | os.PathLike | None, split: str = "train", **kwargs: Any) -> None:
         super().__init__(root, split, **kwargs)
 
     def _list_files(self, split: str | None) -> list[Path]:

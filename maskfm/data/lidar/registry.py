@@ -7,10 +7,11 @@ it here, so a new format is one module plus its ``conf/data`` yaml.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import Dataset
 
 from maskfm.data.registry import Registry
@@ -26,7 +27,7 @@ class LidarSet:
 
     split: str
     root: str | None
-    hparams: Mapping[str, Any]
+    hparams: AttributeDict
     kwargs: dict[str, Any]
 
 

@@ -49,7 +49,7 @@ class WaymoNpy(_FileLidar):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None,
         split: str | None = None,
         *,
         drop_nlz_points: bool = False,

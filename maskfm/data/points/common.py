@@ -177,6 +177,9 @@ class _PointCloudDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def __len__(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def _describe(self) -> str:  # pragma: no cover - overridden
         return type(self).__name__
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 
 from maskfm.data.base import LoaderDataModule
@@ -98,7 +99,8 @@ class PointCloudDataModule(LoaderDataModule):
     def _make(self, name: str, split: str, *, eval_set: bool) -> Dataset:
         root = self.eval_root if eval_set else self.root
         variant = self.eval_variant if eval_set else self.variant
-        request = PointSet(split, root, variant, eval_set, self.num_points, self.hparams)
+        hp = cast(AttributeDict, self.hparams)
+        request = PointSet(split, root, variant, eval_set, self.num_points, hp)
         return POINT_DATASETS[name].make(request)
 
     def prepare_data(self) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class ModelNet40(_ArrayPointCloudDataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None,
         split: str = "train",
         num_points: int = 1024,
         sampling: str = "fps",
@@ -137,7 +138,7 @@ class ModelNet40(_ArrayPointCloudDataset):
         self.problems = problems
 
     @staticmethod
-    def read_classes(root: str | os.PathLike) -> list[str]:
+    def read_classes(root: str | os.PathLike | None) -> list[str]:
         """Class names, in label order, from ``modelnet40_shape_names.txt``."""
         path = check_dir(root, "ModelNet40 root") / "modelnet40_shape_names.txt"
         return [name for name, _ in _read_list(path, "ModelNet40 shape-names file")]
@@ -243,7 +244,9 @@ class ModelNet40(_ArrayPointCloudDataset):
             )  # fmt: skip
         return target
 
-    def _problem(self, message: str, problems: list[str], j: int, missing: bool = False) -> None:
+    def _problem(
+        self, message: str, problems: list[str], j: int | np.integer, missing: bool = False
+    ) -> None:
         if not self.skip_corrupt:
             raise (FileNotFoundError if missing else CorruptPointCloudError)(message)
         log.warning("ModelNet40: skipping unusable shape: %s", message)
@@ -285,7 +288,7 @@ class ModelNet40(_ArrayPointCloudDataset):
             )
         problems = [""] * len(pts)
         xyz = pts[..., :3]
-        finite = np.isfinite(xyz).all(axis=(1, 2))
+        finite = cast(np.ndarray, np.isfinite(xyz).all(axis=(1, 2)))  # (M,) bool
         for j in np.flatnonzero(~finite):
             self._problem(f"'{path}' row {j} ({self.ids[j]}) has NaN/inf coordinates", problems, j)
         largest = np.abs(np.where(finite[:, None, None], xyz, 0)).max(axis=(1, 2))

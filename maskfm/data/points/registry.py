@@ -7,10 +7,10 @@ finds it here, so a new format is one module plus its ``conf/data`` yaml.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import Dataset
 
 from maskfm.data.registry import Registry
@@ -29,7 +29,7 @@ class PointSet:
     variant: str | None
     eval_set: bool
     num_points: int
-    hparams: Mapping[str, Any]
+    hparams: AttributeDict
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class ScanObjectNN(_ArrayPointCloudDataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None,
         split: str = "train",
         variant: str = "obj_bg",
         num_points: int = 2048,
@@ -87,7 +88,7 @@ class ScanObjectNN(_ArrayPointCloudDataset):
                 f"ScanObjectNN {variant} {split} file '{self.path}' does not exist"
             )
         data, labels = self._read(self.path)
-        bad_xyz = ~np.isfinite(data).all(axis=(1, 2))
+        bad_xyz = ~cast(np.ndarray, np.isfinite(data).all(axis=(1, 2)))  # (M,) bool
         largest = np.abs(np.where(bad_xyz[:, None, None], 0, data)).max(axis=(1, 2))
         bad_label = (labels < 0) | (labels >= len(self.classes))
         problems = {
@@ -128,7 +129,8 @@ class ScanObjectNN(_ArrayPointCloudDataset):
                     raise CorruptPointCloudError(
                         f"'{path}' lacks the dataset(s) {missing} (has {sorted(f.keys())})"
                     )
-                data, labels = f["data"][()], f["label"][()]
+                data = cast("h5py.Dataset", f["data"])[()]
+                labels = cast("h5py.Dataset", f["label"])[()]
         except (OSError, KeyError, TypeError) as e:
             raise CorruptPointCloudError(
                 f"cannot read HDF5 file '{path}': {type(e).__name__}: {e}"

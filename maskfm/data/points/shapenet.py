@@ -51,7 +51,7 @@ class ShapeNet55(_PointCloudDataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None,
         split: str = "train",
         num_points: int = 1024,
         skip_corrupt: bool = False,
@@ -104,7 +104,7 @@ class ShapeNet55(_PointCloudDataset):
         return out
 
     @classmethod
-    def read_classes(cls, root: str | os.PathLike) -> list[str]:
+    def read_classes(cls, root: str | os.PathLike | None) -> list[str]:
         """Sorted synset ids of the train + test lists (the label order)."""
         lists = cls._lists(check_dir(root, "ShapeNet-55 root"))
         if all(p is None for p in lists.values()):
