@@ -28,10 +28,7 @@ from omegaconf import DictConfig
 
 from maskfm.config import CONFIG_DIR, print_config_tree
 from maskfm.errors import UserInputError, exit_on_user_error
-from maskfm.eval.image_text import mlm_probe as probe_grounded_words
-from maskfm.eval.image_text import retrieval as rank_pairs
-from maskfm.eval.svm import extract_features, linear_svm_accuracy
-from maskfm.eval.voxel_probe import extract_voxel_features, segmentation_scores, train_linear_probe
+from maskfm.eval.protocol import build_protocol
 from maskfm.interop.checkpoint_file import (
     CheckpointFileError,
     checkpoint_method,
@@ -40,10 +37,10 @@ from maskfm.interop.checkpoint_file import (
 )
 from maskfm.interop.loading import load_state_dict_with_report
 from maskfm.interop.point_mae import is_original_checkpoint, load_point_mae_checkpoint
+from maskfm.methods.build import build_system
 from maskfm.methods.point_mae import PointMAE
 from maskfm.run_dir import latest_checkpoint, latest_run_with_checkpoint, register_resolvers
 from maskfm.stored_config import apply_stored_model_config
-from maskfm.train import build_system
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -107,7 +104,8 @@ def _method_hint(checkpoint: dict) -> str:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Run ``cfg.eval`` on ``cfg.data`` with the encoder of ``cfg.ckpt_path``."""
+    """Run the protocol ``cfg.eval`` names (``maskfm.eval``; see maskfm/eval/protocol.py) on
+    ``cfg.data`` with the encoder of ``cfg.ckpt_path``."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -116,16 +114,13 @@ def evaluate(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("print_config", True):
         print_config_tree(cfg)
+    protocol = build_protocol(cfg.eval, seed=cfg.get("seed") or 0)
     datamodule = instantiate(cfg.data, _convert_="all")
     model, info = load_model(cfg, find_checkpoint(cfg), datamodule)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.eval.device != "cpu" else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and protocol.device != "cpu" else "cpu")
     model.to(device).eval()
 
-    protocols = {"svm": linear_svm, "voxel_probe": voxel_probe, "mlm_probe": mlm_probe,
-                 "retrieval": retrieval}
-    if cfg.eval.name not in protocols:
-        raise ValueError(f"unknown evaluation {cfg.eval.name!r}; available: {', '.join(protocols)}")
-    result, summary = protocols[cfg.eval.name](cfg, model, device, datamodule)
+    result, summary = protocol(model, device, datamodule)
     result = {**result, "run_name": cfg.run_name, **info}
     (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
     loaded = (f" ({info['required_loaded']} of {info['required_tensors']} tensors loaded: PARTIAL LOAD)"
@@ -133,74 +128,6 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"{summary}, checkpoint {info['checkpoint']}{loaded}")
     print(f"wrote {output_dir / 'eval.json'}")
     return result
-
-
-def linear_svm(cfg: DictConfig, model, device, datamodule) -> tuple[dict, str]:
-    """Linear SVM on pooled frozen features (point methods)."""
-    train_loader, test_loader = datamodule.eval_dataloaders()
-    train_x, train_y = extract_features(model, train_loader, cfg.eval.pooling, device)
-    test_x, test_y = extract_features(model, test_loader, cfg.eval.pooling, device)
-    scores = linear_svm_accuracy(train_x, train_y, test_x, test_y, C=cfg.eval.C,
-                                 max_iter=cfg.eval.max_iter, seed=cfg.seed or 0,
-                                 standardize=cfg.eval.standardize)
-    result = {
-        "eval": "svm", **scores, "num_train": len(train_y), "num_test": len(test_y),
-        "feature_dim": int(train_x.shape[1]), "pooling": cfg.eval.pooling, "C": cfg.eval.C,
-        "standardize": cfg.eval.standardize,
-        "data": cfg.data._target_.rsplit(".", 1)[-1], "dataset": cfg.data.get("dataset"),
-    }
-    summary = (f"linear SVM on {result['dataset'] or result['data']}: test accuracy "
-               f"{scores['accuracy']:.2f} % (train {scores['train_accuracy']:.2f} %), "
-               f"{result['num_train']} train / {result['num_test']} test")
-    return result, summary
-
-
-def voxel_probe(cfg: DictConfig, model, device, datamodule) -> tuple[dict, str]:
-    """Linear per-voxel probe of frozen features (LiDAR methods)."""
-    train_loader, test_loader = datamodule.eval_dataloaders()
-    names = list(getattr(datamodule, "class_names", [])) or None
-    k = len(names) if names else int(cfg.eval.num_classes)
-    x, y = extract_voxel_features(model, train_loader, k, device, cfg.eval.max_voxels_per_sweep, cfg.seed or 0)
-    predict = train_linear_probe(x, y, k, cfg.eval.epochs, cfg.eval.lr, cfg.seed or 0)
-    xt, yt = extract_voxel_features(model, test_loader, k, device)
-    scores = segmentation_scores(predict(xt), yt, k, names)
-    result = {"eval": "voxel_probe", **scores, "num_train_voxels": len(y), "num_test_voxels": len(yt),
-              "feature_dim": int(x.shape[1])}
-    summary = (f"voxel probe: test mIoU {scores['miou']:.2f} %, accuracy {scores['accuracy']:.2f} % "
-               f"({len(y)} train / {len(yt)} test voxels)")
-    return result, summary
-
-
-def _held_out_loader(datamodule):
-    """The held-out (validation) loader, unshuffled, with every sample."""
-    return datamodule.eval_dataloaders()[1]
-
-
-def mlm_probe(cfg: DictConfig, model, device, datamodule) -> tuple[dict, str]:
-    """Masked image-grounded words, true picture vs blank picture (image-text methods)."""
-    result = probe_grounded_words(
-        model, _held_out_loader(datamodule), datamodule.mask_token_id, kinds=list(cfg.eval.kinds),
-        mode=cfg.eval.mode, max_samples=cfg.eval.num_samples, device=device,
-    )
-    result = {"eval": "mlm_probe", **result}
-    t, b = result["true_image"], result["blank_image"]
-    per_kind = ", ".join(f"{k} {t[f'{k}_accuracy']:.1f} vs {b[f'{k}_accuracy']:.1f}"
-                         for k in result["kinds"] if f"{k}_accuracy" in t)
-    summary = (f"masked grounded words ({result['num_words']} in {result['num_samples']} held-out captions): "
-               f"true image {t['word_accuracy']:.2f} %, blank image {b['word_accuracy']:.2f} %, "
-               f"gap {result['gap']:+.2f} points ({per_kind})")
-    return result, summary
-
-
-def retrieval(cfg: DictConfig, model, device, datamodule) -> tuple[dict, str]:
-    """Image-text retrieval by the ITM head (image-text methods)."""
-    result = rank_pairs(model, _held_out_loader(datamodule), num_pairs=cfg.eval.num_pairs,
-                        ks=list(cfg.eval.ks), device=device)
-    result = {"eval": "retrieval", **result}
-    fmt = lambda r: " ".join(f"{k} {v:.1f}" for k, v in r.items())  # noqa: E731
-    summary = (f"retrieval over {result['num_pairs']} held-out pairs: image->text {fmt(result['image_to_text'])}; "
-               f"text->image {fmt(result['text_to_image'])} (chance {fmt(result['chance'])})")
-    return result, summary
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

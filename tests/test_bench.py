@@ -151,3 +151,13 @@ def test_bench_times_one_sample_of_the_dataset(tmp_path):
     d = json.loads((tmp_path / "bench.json").read_text())["dataset"]
     assert d == result["dataset"] and d["samples"] == 5
     assert 0 < d["median_ms"] and d["samples_per_sec"] == pytest.approx(1e3 / d["median_ms"])
+
+
+def test_to_device_moves_tensors_and_keeps_everything_else():
+    from maskfm.batch import to_device
+
+    spans = [[(0, 3, "colour")]]
+    batch = {"image": torch.zeros(1, 2), "caption": ["a red square"], "spans": spans, "batch_size": 1}
+    moved = to_device(batch, torch.device("meta"), non_blocking=True)
+    assert moved is not batch and moved["image"].device.type == "meta" and batch["image"].device.type == "cpu"
+    assert moved["caption"] is batch["caption"] and moved["spans"] is spans and moved["batch_size"] == 1

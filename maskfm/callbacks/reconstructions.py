@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
+from maskfm.batch import to_device
 from maskfm.callbacks.render import render_panels
 
 
@@ -72,7 +73,7 @@ class ReconstructionPictures(Callback):
         examples = self._examples(trainer)
         if examples is None:
             return None
-        batch = {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in examples.items()}
+        batch = to_device(examples, pl_module.device)
         was_training = model.training
         model.eval()
         clouds = None

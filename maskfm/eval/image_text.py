@@ -8,6 +8,9 @@
 * :func:`retrieval`: image-to-text and text-to-image Recall@K over held-out pairs, every
   pair scored by the ITM head (O(N^2) fusion passes; each image and text is encoded once).
 
+:class:`MLMProbe` (``eval=mlm_probe``) and :class:`Retrieval` (``eval=retrieval``) run them
+on a datamodule's held-out split for ``maskfm.evaluate``.
+
 Both take ``model`` with M3AE's ``encode_image``, ``encode_text``, ``mlm_logits`` and
 ``match_scores``, and loaders of caption batches (:mod:`maskfm.data.captions`).
 """
@@ -17,12 +20,12 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+from maskfm.batch import to_device
+from maskfm.eval.protocol import Protocol
 
 
 def probe_variants(
@@ -70,7 +73,7 @@ def mlm_probe(
     for batch in loader:
         if max_samples is not None and samples >= max_samples:
             break
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         keep = len(batch["spans"]) if max_samples is None else min(len(batch["spans"]), max_samples - samples)
         samples += keep
         variants = [v for v in probe_variants(batch, kinds, mode) if v[0] < keep]
@@ -147,7 +150,7 @@ def retrieval(
         if len(captions) >= num_pairs:
             break
         take = min(num_pairs - len(captions), len(batch["caption"]))
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         images.append(model.encode_image(batch["image"][:take]))
         texts.append(model.encode_text(batch["input_ids"][:take], batch["attention_mask"][:take]))
         masks.append(batch["attention_mask"][:take])
@@ -172,3 +175,47 @@ def retrieval(
         "text_to_image": recall_at_k(scores.T, relevant.T, ks),
         "chance": {f"R@{k}": 100.0 * k / n for k in ks},
     }
+
+
+def held_out_loader(datamodule):
+    """The held-out (validation) loader, unshuffled, with every sample."""
+    return datamodule.eval_dataloaders()[1]
+
+
+@dataclass(kw_only=True)
+class MLMProbe(Protocol):
+    """``eval=mlm_probe``: masked image-grounded words, true picture vs blank picture."""
+
+    kinds: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
+    mode: str = "each"             # each: one grounded word hidden at a time | all: all at once
+    num_samples: int | None = None  # None: the whole held-out split
+
+    def __call__(self, model, device, datamodule) -> tuple[dict, str]:
+        result = mlm_probe(model, held_out_loader(datamodule), datamodule.mask_token_id, kinds=list(self.kinds),
+                           mode=self.mode, max_samples=self.num_samples, device=device)
+        result = {"eval": "mlm_probe", **result}
+        t, b = result["true_image"], result["blank_image"]
+        per_kind = ", ".join(f"{k} {t[f'{k}_accuracy']:.1f} vs {b[f'{k}_accuracy']:.1f}"
+                             for k in result["kinds"] if f"{k}_accuracy" in t)
+        summary = (f"masked grounded words ({result['num_words']} in {result['num_samples']} held-out captions): "
+                   f"true image {t['word_accuracy']:.2f} %, blank image {b['word_accuracy']:.2f} %, "
+                   f"gap {result['gap']:+.2f} points ({per_kind})")
+        return result, summary
+
+
+@dataclass(kw_only=True)
+class Retrieval(Protocol):
+    """``eval=retrieval``: image-text Recall@K over held-out pairs by the ITM head."""
+
+    num_pairs: int = 100
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+    def __call__(self, model, device, datamodule) -> tuple[dict, str]:
+        result = retrieval(model, held_out_loader(datamodule), num_pairs=self.num_pairs, ks=list(self.ks),
+                           device=device)
+        result = {"eval": "retrieval", **result}
+        fmt = lambda r: " ".join(f"{k} {v:.1f}" for k, v in r.items())  # noqa: E731
+        summary = (f"retrieval over {result['num_pairs']} held-out pairs: image->text "
+                   f"{fmt(result['image_to_text'])}; text->image {fmt(result['text_to_image'])} "
+                   f"(chance {fmt(result['chance'])})")
+        return result, summary

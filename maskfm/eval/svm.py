@@ -8,6 +8,7 @@ a config choice because third-party SVM numbers for Point-MAE differ by exactly 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+
+from maskfm.batch import to_device
+from maskfm.eval.protocol import Protocol
 
 POOLINGS = ("max_mean", "max", "mean", "max_plus_mean")
 
@@ -37,7 +41,7 @@ def extract_features(model, loader, pooling: str, device: torch.device) -> tuple
     """Pooled features and labels of every batch of ``loader``; ``model.features(batch)`` gives tokens."""
     feats, labels = [], []
     for batch in loader:
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, device)
         feats.append(pool_tokens(model.features(batch), pooling).float().cpu())
         labels.append(batch["label"].cpu())
     features = torch.cat(feats)
@@ -65,7 +69,34 @@ def linear_svm_accuracy(
         svm.fit(train_x, train_y)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return {
-        "accuracy": float((svm.predict(test_x) == test_y).mean() * 100),
-        "train_accuracy": float((svm.predict(train_x) == train_y).mean() * 100),
+        "accuracy": float(np.mean(svm.predict(test_x) == test_y) * 100),
+        "train_accuracy": float(np.mean(svm.predict(train_x) == train_y) * 100),
         "converged": converged,
     }
+
+
+@dataclass(kw_only=True)
+class LinearSVM(Protocol):
+    """``eval=svm``: linear SVM on pooled frozen features (point methods), test accuracy."""
+
+    pooling: str = "max_mean"
+    C: float = 1.0
+    max_iter: int = 1000
+    standardize: bool = False
+
+    def __call__(self, model, device, datamodule) -> tuple[dict, str]:
+        train_loader, test_loader = datamodule.eval_dataloaders()
+        train_x, train_y = extract_features(model, train_loader, self.pooling, device)
+        test_x, test_y = extract_features(model, test_loader, self.pooling, device)
+        scores = linear_svm_accuracy(train_x, train_y, test_x, test_y, C=self.C, max_iter=self.max_iter,
+                                     seed=self.seed, standardize=self.standardize)
+        result = {
+            "eval": "svm", **scores, "num_train": len(train_y), "num_test": len(test_y),
+            "feature_dim": int(train_x.shape[1]), "pooling": self.pooling, "C": self.C,
+            "standardize": self.standardize,
+            "data": type(datamodule).__name__, "dataset": getattr(datamodule, "dataset", None),
+        }
+        summary = (f"linear SVM on {result['dataset'] or result['data']}: test accuracy "
+                   f"{scores['accuracy']:.2f} % (train {scores['train_accuracy']:.2f} %), "
+                   f"{result['num_train']} train / {result['num_test']} test")
+        return result, summary

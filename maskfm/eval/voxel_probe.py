@@ -7,9 +7,14 @@ voxel of the test sweeps: accuracy and mean IoU over the classes present.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from maskfm.batch import to_device
+from maskfm.eval.protocol import Protocol
 
 
 def voxel_labels(point_labels: torch.Tensor, point_voxel_idx: torch.Tensor, num_voxels: int,
@@ -29,7 +34,7 @@ def extract_voxel_features(model, loader, num_classes: int, device, max_per_swee
     g = torch.Generator().manual_seed(seed)
     feats, labels = [], []
     for batch in loader:
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, device)
         x = model.features(batch).float().cpu()
         y = voxel_labels(batch["point_labels"], batch["point_voxel_idx"], len(x), num_classes).cpu()
         if max_per_sweep is not None:
@@ -68,3 +73,27 @@ def segmentation_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: i
             ious[class_names[c] if class_names else str(c)] = 100.0 * inter / union
     return {"accuracy": float((pred == target).float().mean() * 100),
             "miou": float(np.mean(list(ious.values()))) if ious else 0.0, "iou": ious}
+
+
+@dataclass(kw_only=True)
+class VoxelProbe(Protocol):
+    """``eval=voxel_probe``: linear per-voxel probe of frozen features (LiDAR methods)."""
+
+    max_voxels_per_sweep: int = 2000
+    epochs: int = 200
+    lr: float = 0.01
+    num_classes: int = 4       # used when the datamodule has no class_names
+
+    def __call__(self, model, device, datamodule) -> tuple[dict, str]:
+        train_loader, test_loader = datamodule.eval_dataloaders()
+        names = list(getattr(datamodule, "class_names", [])) or None
+        k = len(names) if names else int(self.num_classes)
+        x, y = extract_voxel_features(model, train_loader, k, device, self.max_voxels_per_sweep, self.seed)
+        predict = train_linear_probe(x, y, k, self.epochs, self.lr, self.seed)
+        xt, yt = extract_voxel_features(model, test_loader, k, device)
+        scores = segmentation_scores(predict(xt), yt, k, names)
+        result = {"eval": "voxel_probe", **scores, "num_train_voxels": len(y), "num_test_voxels": len(yt),
+                  "feature_dim": int(x.shape[1])}
+        summary = (f"voxel probe: test mIoU {scores['miou']:.2f} %, accuracy {scores['accuracy']:.2f} % "
+                   f"({len(y)} train / {len(yt)} test voxels)")
+        return result, summary
