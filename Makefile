@@ -48,6 +48,7 @@ slurm-up:  ## Start a one-node SLURM cluster for tests/test_slurm.py (root, Debi
 
 lint: $(STAMP)  ## Lint with ruff, type-check maskfm/ with basedpyright (pyproject.toml)
 	$(PY) -m ruff check maskfm tests
+	$(PY) -m ruff format --check maskfm tests
 	$(PY) -m basedpyright --pythonpath $(PY)
 
 format: $(STAMP)  ## Format the code with ruff

@@ -33,5 +33,7 @@ def print_config_tree(cfg: DictConfig) -> None:
         node = cfg[key]
         text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
         branch = tree.add(f"[bold]{key}[/bold]")
-        branch.add(rich.syntax.Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
+        branch.add(
+            rich.syntax.Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default")
+        )
     rich.print(tree)

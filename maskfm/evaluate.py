@@ -77,25 +77,46 @@ def load_model(cfg: DictConfig, ckpt: Path | None, datamodule=None) -> tuple[tor
         log.warning("No ckpt_path: evaluating a randomly initialised encoder (seed %s)", cfg.seed)
         return build_system(cfg, datamodule).model, {"checkpoint": None}
     allow_partial = bool(cfg.get("allow_partial_load", False))
-    checkpoint = read_checkpoint(ckpt, expected="a maskfm checkpoint (.ckpt) or an original Point-MAE pretrain.pth")
+    checkpoint = read_checkpoint(
+        ckpt, expected="a maskfm checkpoint (.ckpt) or an original Point-MAE pretrain.pth"
+    )
     if is_original_checkpoint(checkpoint):
         model = build_system(cfg, datamodule).model
         if not isinstance(model, PointMAE):
-            raise UserInputError(f"{ckpt}: an original Point-MAE checkpoint, but the composed config builds "
-                                 f"{type(model).__name__}: use +experiment=point_mae_shapenet (or point_mae)")
+            raise UserInputError(
+                f"{ckpt}: an original Point-MAE checkpoint, but the composed config builds "
+                f"{type(model).__name__}: use +experiment=point_mae_shapenet (or point_mae)"
+            )
         report = load_point_mae_checkpoint(model, ckpt, allow_partial=allow_partial)
         return model, {"checkpoint": str(ckpt), "format": "original Point-MAE", **report.summary()}
     if not is_maskfm_checkpoint(checkpoint):
-        keys = ", ".join(map(str, list(checkpoint)[:8])) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointFileError(f"{ckpt}: neither a maskfm checkpoint (no 'state_dict') nor an original "
-                                  f"Point-MAE pretrain.pth (no 'base_model'); it holds: {keys}")
+        keys = (
+            ", ".join(map(str, list(checkpoint)[:8]))
+            if isinstance(checkpoint, dict)
+            else type(checkpoint).__name__
+        )
+        raise CheckpointFileError(
+            f"{ckpt}: neither a maskfm checkpoint (no 'state_dict') nor an original "
+            f"Point-MAE pretrain.pth (no 'base_model'); it holds: {keys}"
+        )
     filled = apply_stored_model_config(cfg, checkpoint, str(ckpt))
     system = build_system(cfg, datamodule)
-    report = load_state_dict_with_report(system, checkpoint["state_dict"], source=str(ckpt), required_prefix="model.",
-                                         allow_partial=allow_partial, hint=_method_hint(checkpoint))
+    report = load_state_dict_with_report(
+        system,
+        checkpoint["state_dict"],
+        source=str(ckpt),
+        required_prefix="model.",
+        allow_partial=allow_partial,
+        hint=_method_hint(checkpoint),
+    )
     log.info("Loaded %s:\n%s", ckpt, report.table())
-    return system.model, {"checkpoint": str(ckpt), "format": "maskfm", "global_step": checkpoint.get("global_step"),
-                          "values_from_checkpoint": {k: v for k, (_, v) in filled.items()}, **report.summary()}
+    return system.model, {
+        "checkpoint": str(ckpt),
+        "format": "maskfm",
+        "global_step": checkpoint.get("global_step"),
+        "values_from_checkpoint": {k: v for k, (_, v) in filled.items()},
+        **report.summary(),
+    }
 
 
 def _method_hint(checkpoint: dict) -> str:
@@ -117,14 +138,19 @@ def evaluate(cfg: DictConfig) -> dict:
     protocol = build_protocol(cfg.eval, seed=cfg.get("seed") or 0)
     datamodule = instantiate(cfg.data, _convert_="all")
     model, info = load_model(cfg, find_checkpoint(cfg), datamodule)
-    device = torch.device("cuda" if torch.cuda.is_available() and protocol.device != "cpu" else "cpu")
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and protocol.device != "cpu" else "cpu"
+    )
     model.to(device).eval()
 
     result, summary = protocol(model, device, datamodule)
     result = {**result, "run_name": cfg.run_name, **info}
     (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    loaded = (f" ({info['required_loaded']} of {info['required_tensors']} tensors loaded: PARTIAL LOAD)"
-              if info.get("required_loaded", 0) < info.get("required_tensors", 0) else "")
+    loaded = (
+        f" ({info['required_loaded']} of {info['required_tensors']} tensors loaded: PARTIAL LOAD)"
+        if info.get("required_loaded", 0) < info.get("required_tensors", 0)
+        else ""
+    )
     print(f"{summary}, checkpoint {info['checkpoint']}{loaded}")
     print(f"wrote {output_dir / 'eval.json'}")
     return result

@@ -74,6 +74,7 @@ def _hydra_job() -> tuple[bool, str | None, list[str]]:
 def run_display_name(base: str | None, overrides: list[str]) -> str | None:
     """``base`` (the experiment's run_name) followed by the overrides that change the run,
     e.g. ``point_cmae masking.ratio=0.7``."""
+
     def changes_the_run(override: str) -> bool:
         key = override.split("=", 1)[0].lstrip("~+")
         return key not in _NAME_SKIPS and not key.startswith(_NAME_SKIP_PREFIXES)
@@ -100,14 +101,18 @@ def persistent_run_id(save_dir: str | Path) -> str | None:
     if path.is_file():
         run_id = path.read_text(errors="replace").strip()
         if not WANDB_ID.fullmatch(run_id):  # a file is data: only an id, never a path or option
-            raise UserInputError(f"{path}: not a W&B run id ({run_id[:40]!r}); expected 1-64 letters, digits, "
-                                 "'-' or '_' (delete the file to start a new W&B run)")
+            raise UserInputError(
+                f"{path}: not a W&B run id ({run_id[:40]!r}); expected 1-64 letters, digits, "
+                "'-' or '_' (delete the file to start a new W&B run)"
+            )
         return run_id
     if rank_zero_only.rank != 0:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)) + "\n")
+    tmp.write_text(
+        "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)) + "\n"
+    )
     os.replace(tmp, path)
     return path.read_text().strip()
 
@@ -148,6 +153,11 @@ def wandb_logger(
 
         kwargs["config"] = OmegaConf.to_container(OmegaConf.load(config_file))
     return WandbLogger(
-        save_dir=save_dir, project=project, name=name, group=group,
-        tags=list(tags) if tags else None, id=id or persistent_run_id(save_dir), **kwargs,
+        save_dir=save_dir,
+        project=project,
+        name=name,
+        group=group,
+        tags=list(tags) if tags else None,
+        id=id or persistent_run_id(save_dir),
+        **kwargs,
     )

@@ -73,7 +73,9 @@ def signal_number(name: str | int) -> signal.Signals:
     try:
         return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
     except KeyError:
-        raise ValueError(f"slurm.requeue_signal={name!r} is not a signal name (e.g. USR1)") from None
+        raise ValueError(
+            f"slurm.requeue_signal={name!r} is not a signal name (e.g. USR1)"
+        ) from None
 
 
 class RequeueOnSignal(Callback):
@@ -83,8 +85,12 @@ class RequeueOnSignal(Callback):
     the process) and ``uninstall()`` restores the previous one. See the module docstring.
     """
 
-    def __init__(self, dirpath: str | Path, signum: signal.Signals = signal.SIGUSR1,
-                 requeue_command: tuple[str, ...] = ("scontrol", "requeue")) -> None:
+    def __init__(
+        self,
+        dirpath: str | Path,
+        signum: signal.Signals = signal.SIGUSR1,
+        requeue_command: tuple[str, ...] = ("scontrol", "requeue"),
+    ) -> None:
         self.dirpath = Path(dirpath)
         self.signum = signum
         self.requeue_command = requeue_command
@@ -108,8 +114,12 @@ class RequeueOnSignal(Callback):
         # Every rank asks every step, so all of them stop after the same step.
         if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             self.stopping = True
-            log.warning("Got %s: stopping after step %d to save a checkpoint and requeue job %s",
-                        self.signum.name, trainer.global_step, slurm_job_id())
+            log.warning(
+                "Got %s: stopping after step %d to save a checkpoint and requeue job %s",
+                self.signum.name,
+                trainer.global_step,
+                slurm_job_id(),
+            )
             # Lightning's SIGTERM flag: the loop finishes this step (metrics, validation if due)
             # and raises SIGTERMException, which reaches on_exception below on every rank.
             trainer._signal_connector.received_sigterm = True
@@ -121,8 +131,12 @@ class RequeueOnSignal(Callback):
         for callback in trainer.checkpoint_callbacks:
             # ModelCheckpoint(save_last=True) then keeps overwriting this file as its own
             # last.ckpt after the resume, instead of writing last-v1.ckpt beside it.
-            if (isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath
-                    and Path(callback.dirpath).resolve() == path.parent.resolve()):
+            if (
+                isinstance(callback, ModelCheckpoint)
+                and callback.save_last
+                and callback.dirpath
+                and Path(callback.dirpath).resolve() == path.parent.resolve()
+            ):
                 callback.last_model_path = str(path)
         trainer.save_checkpoint(path)  # all ranks: rank 0 writes, the others wait
         log.warning("Saved %s at global step %d", path, trainer.global_step)
@@ -138,11 +152,14 @@ class RequeueOnSignal(Callback):
         if result.returncode != 0:
             raise SystemExit(
                 f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}. "
-                f"The job was not requeued; continue it with ckpt_path={checkpoint}")
+                f"The job was not requeued; continue it with ckpt_path={checkpoint}"
+            )
         log.warning("Requeued SLURM job %s; it will resume from %s", job, checkpoint)
 
 
-def requeue_callback(requeue_signal: str | int | None, checkpoint_dir: Path) -> RequeueOnSignal | None:
+def requeue_callback(
+    requeue_signal: str | int | None, checkpoint_dir: Path
+) -> RequeueOnSignal | None:
     """An installed ``RequeueOnSignal`` inside a SLURM job with requeueing on, else None."""
     if requeue_signal in (None, "", "null", "None") or not in_slurm_job():
         return None
@@ -150,6 +167,7 @@ def requeue_callback(requeue_signal: str | int | None, checkpoint_dir: Path) -> 
 
 
 # --- resources of launcher=slurm, resolved from the trainer config ---------------------------------
+
 
 def _device_count(devices) -> int:
     if isinstance(devices, str):
@@ -159,8 +177,10 @@ def _device_count(devices) -> int:
     else:  # a list of device ids (a ListConfig when it comes from the config)
         count = len(devices)
     if count < 1:
-        raise ValueError(f"launcher=slurm starts one task per device and needs trainer.devices as a count "
-                         f"(1, 2, 8...) or a list of device ids, got {devices!r}")
+        raise ValueError(
+            f"launcher=slurm starts one task per device and needs trainer.devices as a count "
+            f"(1, 2, 8...) or a list of device ids, got {devices!r}"
+        )
     return count
 
 
@@ -175,7 +195,9 @@ def gpus_per_node(accelerator: str, devices) -> int | None:
         return None
     if accelerator in ("gpu", "cuda"):
         return _device_count(devices)
-    raise ValueError(f"launcher=slurm needs trainer.accelerator=cpu or gpu to size the job, got {accelerator!r}")
+    raise ValueError(
+        f"launcher=slurm needs trainer.accelerator=cpu or gpu to size the job, got {accelerator!r}"
+    )
 
 
 def cpus_per_task(num_workers) -> int:
@@ -218,7 +240,9 @@ def partition_time_limit(partition: str | None = None) -> int:
     Set ``hydra.launcher.timeout_min`` to ask for less.
     """
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P %l"], capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %l"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return DEFAULT_TIMEOUT_MIN
     limits = {}
@@ -249,13 +273,19 @@ SBATCH_REASONS = {
 
 def sbatch_refusal_message(stderr: str, launcher_cfg) -> str:
     """One line: sbatch's reason and the ``hydra.launcher.*`` key (with its value) to change."""
-    reason = next((line.split("error:", 1)[-1].strip() for line in stderr.splitlines() if "error:" in line),
-                  stderr.strip().splitlines()[-1] if stderr.strip() else "no reason given")
+    reason = next(
+        (line.split("error:", 1)[-1].strip() for line in stderr.splitlines() if "error:" in line),
+        stderr.strip().splitlines()[-1] if stderr.strip() else "no reason given",
+    )
     key = next((k for text, k in SBATCH_REASONS.items() if text.lower() in stderr.lower()), None)
     if key is None:
-        return f"sbatch refused the job: {reason!r}; see hydra.launcher.* (conf/launcher/slurm.yaml)"
-    return (f"sbatch refused the job: {reason!r}; change hydra.launcher.{key} "
-            f"(now {launcher_cfg.get(key) if launcher_cfg is not None else '?'})")
+        return (
+            f"sbatch refused the job: {reason!r}; see hydra.launcher.* (conf/launcher/slurm.yaml)"
+        )
+    return (
+        f"sbatch refused the job: {reason!r}; change hydra.launcher.{key} "
+        f"(now {launcher_cfg.get(key) if launcher_cfg is not None else '?'})"
+    )
 
 
 def translate_sbatch_refusals() -> bool:
@@ -283,7 +313,9 @@ def translate_sbatch_refusals() -> bool:
             return launch(self, job_overrides, initial_job_idx)
         except FailedJobError as e:
             cause = e.__cause__
-            if not (isinstance(cause, subprocess.CalledProcessError) and "sbatch" in str(cause.cmd)):
+            if not (
+                isinstance(cause, subprocess.CalledProcessError) and "sbatch" in str(cause.cmd)
+            ):
                 raise  # a job that failed after it started: submitit's message names it
             print(f"error: {sbatch_refusal_message(str(e), self.params)}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -21,37 +21,39 @@ log = logging.getLogger(__name__)
 
 # Every class that maskfm's own configs (conf/**/*.yaml) name; tests/test_trust.py keeps
 # this list equal to what conf/ uses. Nothing else may come from a stored config.
-ALLOWED_TARGETS = frozenset({
-    "maskfm.methods.mae.MAE",
-    "maskfm.methods.m3ae.M3AE",
-    "maskfm.methods.point_mae.PointMAE",
-    "maskfm.methods.point_cmae.PointCMAE",
-    "maskfm.methods.rmae.RMAE",
-    "maskfm.masking.RandomMasker",
-    "maskfm.masking.BlockMasker",
-    "maskfm.masking.RadialMasker",
-    "maskfm.masking.WholeWordMasker",
-    "maskfm.data.images.SyntheticImageDataModule",
-    "maskfm.data.images.ImageFolderDataModule",
-    "maskfm.data.points.PointCloudDataModule",
-    "maskfm.data.lidar.LidarDataModule",
-    "maskfm.data.captions.CaptionDataModule",
-    "maskfm.callbacks.CPUSyncBatchNorm",
-    "maskfm.callbacks.ReconstructionPictures",
-    "maskfm.callbacks.Throughput",
-    "maskfm.callbacks.auto_progress_bar",
-    "maskfm.loggers.CSVLogger",
-    "maskfm.loggers.wandb_logger",
-    "maskfm.run_dir.HydraConfigForSweeps",
-    "maskfm.eval.svm.LinearSVM",
-    "maskfm.eval.voxel_probe.VoxelProbe",
-    "maskfm.eval.image_text.MLMProbe",
-    "maskfm.eval.image_text.Retrieval",
-    "torch.optim.AdamW",
-    "lightning.pytorch.Trainer",
-    "lightning.pytorch.callbacks.ModelCheckpoint",
-    "lightning.pytorch.loggers.TensorBoardLogger",
-})
+ALLOWED_TARGETS = frozenset(
+    {
+        "maskfm.methods.mae.MAE",
+        "maskfm.methods.m3ae.M3AE",
+        "maskfm.methods.point_mae.PointMAE",
+        "maskfm.methods.point_cmae.PointCMAE",
+        "maskfm.methods.rmae.RMAE",
+        "maskfm.masking.RandomMasker",
+        "maskfm.masking.BlockMasker",
+        "maskfm.masking.RadialMasker",
+        "maskfm.masking.WholeWordMasker",
+        "maskfm.data.images.SyntheticImageDataModule",
+        "maskfm.data.images.ImageFolderDataModule",
+        "maskfm.data.points.PointCloudDataModule",
+        "maskfm.data.lidar.LidarDataModule",
+        "maskfm.data.captions.CaptionDataModule",
+        "maskfm.callbacks.CPUSyncBatchNorm",
+        "maskfm.callbacks.ReconstructionPictures",
+        "maskfm.callbacks.Throughput",
+        "maskfm.callbacks.auto_progress_bar",
+        "maskfm.loggers.CSVLogger",
+        "maskfm.loggers.wandb_logger",
+        "maskfm.run_dir.HydraConfigForSweeps",
+        "maskfm.eval.svm.LinearSVM",
+        "maskfm.eval.voxel_probe.VoxelProbe",
+        "maskfm.eval.image_text.MLMProbe",
+        "maskfm.eval.image_text.Retrieval",
+        "torch.optim.AdamW",
+        "lightning.pytorch.Trainer",
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+    }
+)
 
 # Sections of a stored config that are never read back (users add their own callbacks and
 # loggers, e.g. ``+callbacks.x._target_=my.Callback``): not checked, never used.
@@ -92,23 +94,34 @@ def check_stored_config(stored: Any, source: str) -> dict:
     if stored is None:
         return {}
     if not isinstance(stored, dict):
-        raise UntrustedConfigError(f"{source}: the stored config is a {type(stored).__name__}, not a mapping")
+        raise UntrustedConfigError(
+            f"{source}: the stored config is a {type(stored).__name__}, not a mapping"
+        )
     stored = {k: v for k, v in stored.items() if k not in UNUSED_SECTIONS}
     for key, value in _walk(stored):
         values = value if isinstance(value, list) else [value]
         if not all(_is_plain(v) for v in values):
-            raise UntrustedConfigError(f"{source}: stored config key {key} holds a {type(value).__name__}, not a plain value")
-        if "_target_" in key.split(".")[:-1] or (key.rsplit(".", 1)[-1] == "_target_" and value not in ALLOWED_TARGETS):
+            raise UntrustedConfigError(
+                f"{source}: stored config key {key} holds a {type(value).__name__}, not a plain value"
+            )
+        if "_target_" in key.split(".")[:-1] or (
+            key.rsplit(".", 1)[-1] == "_target_" and value not in ALLOWED_TARGETS
+        ):
             raise UntrustedConfigError(
                 f"{source}: stored config key {key} names {value!r}, which is not one of maskfm's classes; "
-                "refusing to use this checkpoint's config (nothing was instantiated)")
+                "refusing to use this checkpoint's config (nothing was instantiated)"
+            )
         if any(isinstance(v, str) and "${" in v for v in values):
-            raise UntrustedConfigError(f"{source}: stored config key {key} holds an interpolation {value!r}; "
-                                       "stored configs must be resolved values")
+            raise UntrustedConfigError(
+                f"{source}: stored config key {key} holds an interpolation {value!r}; "
+                "stored configs must be resolved values"
+            )
     return stored
 
 
-def differing_values(stored: dict, composed: DictConfig, prefix: str) -> tuple[dict[str, tuple], list[str]]:
+def differing_values(
+    stored: dict, composed: DictConfig, prefix: str
+) -> tuple[dict[str, tuple], list[str]]:
     """Leaves where the stored section differs from the composed one.
 
     Returns ``({dotted key: (composed, stored)}, [stored keys the composed config lacks])``.
@@ -142,7 +155,9 @@ def fill_values(composed: DictConfig, differ: dict[str, tuple], prefix: str) -> 
     for key, (_, value) in differ.items():
         if key.rsplit(".", 1)[-1] == "_target_":
             raise UntrustedConfigError(f"stored config changes {key}: refusing")
-        OmegaConf.update(composed, key.removeprefix(prefix + "."), value, merge=False, force_add=False)
+        OmegaConf.update(
+            composed, key.removeprefix(prefix + "."), value, merge=False, force_add=False
+        )
 
 
 def as_overrides(differ: dict[str, tuple]) -> str:
@@ -172,7 +187,9 @@ def apply_stored_model_config(cfg: DictConfig, checkpoint: dict, source: str) ->
     """
     mode = cfg.get("stored_config", "values")
     if mode not in STORED_CONFIG_MODES:
-        raise UserInputError(f"stored_config={mode!r}: expected one of {', '.join(STORED_CONFIG_MODES)}")
+        raise UserInputError(
+            f"stored_config={mode!r}: expected one of {', '.join(STORED_CONFIG_MODES)}"
+        )
     if mode == "ignore":
         return {}
     stored = check_stored_config(checkpoint.get("maskfm_config"), source)
@@ -181,20 +198,33 @@ def apply_stored_model_config(cfg: DictConfig, checkpoint: dict, source: str) ->
         return {}
     theirs = method_mismatch(model, cfg.model)
     if mode == "model":
-        log.warning("%s: rebuilding the stored model config (stored_config=model): %s", source, model.get("_target_"))
+        log.warning(
+            "%s: rebuilding the stored model config (stored_config=model): %s",
+            source,
+            model.get("_target_"),
+        )
         cfg.model = OmegaConf.create(model)
         return {}
     if theirs:
         raise UserInputError(
             f"{source}: a checkpoint of {theirs} (run_name {stored.get('run_name')!r}), but the composed config "
             f"builds {cfg.model.get('_target_')}: compose that method's experiment, or pass stored_config=model "
-            "to rebuild the checkpoint's model")
+            "to rebuild the checkpoint's model"
+        )
     differ, unknown = differing_values(model, cfg.model, "model")
     if unknown:
-        log.warning("%s: stored model keys this version does not have, ignored: %s", source, ", ".join(unknown))
+        log.warning(
+            "%s: stored model keys this version does not have, ignored: %s",
+            source,
+            ", ".join(unknown),
+        )
     if differ:
         fill_values(cfg.model, differ, "model")
-        log.warning("%s was trained with other model values than the composed config; using the checkpoint's "
-                    "(the same by hand: %s; stored_config=ignore keeps the composed ones):\n  %s", source,
-                    as_overrides(differ), "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items()))
+        log.warning(
+            "%s was trained with other model values than the composed config; using the checkpoint's "
+            "(the same by hand: %s; stored_config=ignore keeps the composed ones):\n  %s",
+            source,
+            as_overrides(differ),
+            "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items()),
+        )
     return differ

@@ -48,7 +48,11 @@ def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every ``_target_`` entry of a dict-of-objects group (callbacks, loggers)."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node)
+        for node in group.values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -59,7 +63,12 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     was submitted with, and has progressed since.
     """
     if restart_count() > 0 and (own := latest_checkpoint(output_dir)) is not None:
-        log.info("SLURM job %s was requeued (restart %d): resuming from %s", slurm_job_id(), restart_count(), own)
+        log.info(
+            "SLURM job %s was requeued (restart %d): resuming from %s",
+            slurm_job_id(),
+            restart_count(),
+            own,
+        )
         return str(own)
     if cfg.ckpt_path in (None, ""):
         return None
@@ -83,8 +92,10 @@ def check_resume_checkpoint(cfg: DictConfig, path: str) -> None:
     (``stored_config``)."""
     checkpoint = read_checkpoint(path, expected="a maskfm training checkpoint (.ckpt)")
     if not is_maskfm_checkpoint(checkpoint) or "optimizer_states" not in checkpoint:
-        raise CheckpointFileError(f"{path}: not a maskfm training checkpoint (no 'state_dict' and optimiser state) "
-                                  "to resume from; to start from pretrained weights use the method's pretrained option")
+        raise CheckpointFileError(
+            f"{path}: not a maskfm training checkpoint (no 'state_dict' and optimiser state) "
+            "to resume from; to start from pretrained weights use the method's pretrained option"
+        )
     apply_stored_model_config(cfg, checkpoint, path)
 
 
@@ -114,8 +125,12 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     for key in MASKFM_TRAINER_KEYS:
         options.pop(key, None)
     plugins = [instantiate(p) for p in options.pop("plugins", None) or []]
-    return instantiate(options, callbacks=callbacks, logger=loggers or False,
-                       plugins=[*plugins, AtomicCheckpointIO(), *cluster_plugins(plugins)])
+    return instantiate(
+        options,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[*plugins, AtomicCheckpointIO(), *cluster_plugins(plugins)],
+    )
 
 
 @rank_zero_only
@@ -137,7 +152,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         torch.set_num_threads(int(cfg.torch_threads))
     output_dir = Path(cfg.paths.output_dir)
     # First thing: from here on SLURM's time-limit signal saves and requeues instead of killing.
-    requeue = requeue_callback(cfg.get("slurm", {}).get("requeue_signal"), output_dir / "checkpoints")
+    requeue = requeue_callback(
+        cfg.get("slurm", {}).get("requeue_signal"), output_dir / "checkpoints"
+    )
     ckpt_path = resume_checkpoint(cfg, output_dir)
     if ckpt_path is not None:
         check_resume_checkpoint(cfg, ckpt_path)

@@ -15,8 +15,11 @@ def compose_train(tmp_path):
     register_resolvers()
 
     def _compose(overrides: list[str], config_name: str = "train"):
-        paths = [f"paths.log_dir={tmp_path}/runs", f"paths.output_dir={tmp_path}/run",
-                 f"paths.data_dir={tmp_path}/data"]
+        paths = [
+            f"paths.log_dir={tmp_path}/runs",
+            f"paths.output_dir={tmp_path}/run",
+            f"paths.data_dir={tmp_path}/data",
+        ]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose(config_name, overrides=[*overrides, *paths, "print_config=false"])
 

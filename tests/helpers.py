@@ -22,7 +22,9 @@ TINY_MAE = [
 ]
 
 
-def make_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size=(48, 40)) -> Path:
+def make_image_folder(
+    root: Path, classes=("cat", "dog"), per_class: int = 3, size=(48, 40)
+) -> Path:
     """A tiny ImageFolder of solid-colour PNGs."""
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -38,16 +40,23 @@ def run_train_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "maskfm.train", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
-        pytest.fail(f"maskfm.train {' '.join(args)} failed ({proc.returncode}):\n"
-                    f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"maskfm.train {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
-def make_shapenet55(root: Path, synsets=("02691156", "03001627"), per_synset: int = 2,
-                    num_points: int = 1100) -> Path:
+def make_shapenet55(
+    root: Path, synsets=("02691156", "03001627"), per_synset: int = 2, num_points: int = 1100
+) -> Path:
     """A tiny ShapeNet-55 layout: ``shapenet_pc/<synset>-<model>.npy`` + ``ShapeNet-55/*.txt``."""
     import numpy as np
 
@@ -58,7 +67,9 @@ def make_shapenet55(root: Path, synsets=("02691156", "03001627"), per_synset: in
     for synset in synsets:
         for i in range(per_synset):
             name = f"{synset}-model{i:03d}.npy"
-            np.save(root / "shapenet_pc" / name, rng.normal(size=(num_points, 3)).astype(np.float32))
+            np.save(
+                root / "shapenet_pc" / name, rng.normal(size=(num_points, 3)).astype(np.float32)
+            )
             names["train" if i < per_synset - 1 else "test"].append(name)
     for split, lines in names.items():
         (root / "ShapeNet-55" / f"{split}.txt").write_text("\n".join(lines) + "\n")

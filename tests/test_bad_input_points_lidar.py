@@ -162,9 +162,17 @@ def test_empty_datasets_fail_at_construction_naming_the_file(tmp_path):
 def test_the_command_line_names_a_bad_point_dataset_in_one_line(tmp_path):
     sn = make_shapenet(tmp_path / "sn")
     (sn / "ShapeNet-55" / "train.txt").write_text("\n")
-    args = [sys.executable, "-m", "maskfm.train", "+experiment=point_mae", "data=shapenet55",
-            f"data.root={sn}", "data.num_workers=0", "print_config=false",
-            f"paths.log_dir={tmp_path}/runs"]
+    args = [
+        sys.executable,
+        "-m",
+        "maskfm.train",
+        "+experiment=point_mae",
+        "data=shapenet55",
+        f"data.root={sn}",
+        "data.num_workers=0",
+        "print_config=false",
+        f"paths.log_dir={tmp_path}/runs",
+    ]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -333,7 +341,11 @@ def test_rmae_names_a_batch_with_too_few_visible_voxels():
     from maskfm.methods.rmae import RMAE
 
     model = RMAE(point_cloud_range=[0.0, -6.4, -3.0, 12.8, 6.4, 1.0], voxel_size=[0.8, 0.8, 0.1])
-    coords = torch.tensor([[0, 20, 8, 3], [0, 20, 8, 4], [0, 21, 8, 4]], dtype=torch.int32)  # one sector
+    coords = torch.tensor(
+        [[0, 20, 8, 3], [0, 20, 8, 4], [0, 21, 8, 4]], dtype=torch.int32
+    )  # one sector
     batch = {"voxel_coords": coords, "voxel_features": torch.ones(3, 4), "batch_size": 1}
-    with pytest.raises(ValueError, match=r"R-MAE: \d of the batch's 3 voxels stay visible after masking"):
+    with pytest.raises(
+        ValueError, match=r"R-MAE: \d of the batch's 3 voxels stay visible after masking"
+    ):
         model(batch, torch.Generator().manual_seed(0))

@@ -116,9 +116,16 @@ def test_bf16_needs_a_gpu(tmp_path):
 def test_bench_point_method_reports_grouping(compose_train):
     from tests.test_evaluate import TINY_POINTS
 
-    cfg = compose_train([*TINY_POINTS, "bench.steps=1", "bench.warmup_steps=0",
-                         "bench.grouping=[[256,16,8],[512,32,8]]", "bench.grouping_batch_size=2"],
-                        config_name="bench")
+    cfg = compose_train(
+        [
+            *TINY_POINTS,
+            "bench.steps=1",
+            "bench.warmup_steps=0",
+            "bench.grouping=[[256,16,8],[512,32,8]]",
+            "bench.grouping_batch_size=2",
+        ],
+        config_name="bench",
+    )
     result = bench(cfg)
     assert set(result["grouping"]) == {"batch_size", "256->16x8", "512->32x8"}
     assert result["grouping"]["512->32x8"]["median_ms"] > 0
@@ -133,9 +140,17 @@ def test_bench_compare_runs_each_variant_in_its_own_process(tmp_path):
     from tests.test_evaluate import TINY_POINTS
 
     out = tmp_path / "cmp"
-    args = [sys.executable, "-m", "maskfm.bench", *TINY_POINTS, "bench.steps=1", "bench.warmup_steps=0",
-            "bench.grouping=[]", "bench.compare={one: ['model.depth=1'], two: ['model.depth=2']}",
-            f"hydra.run.dir={out}"]
+    args = [
+        sys.executable,
+        "-m",
+        "maskfm.bench",
+        *TINY_POINTS,
+        "bench.steps=1",
+        "bench.warmup_steps=0",
+        "bench.grouping=[]",
+        "bench.compare={one: ['model.depth=1'], two: ['model.depth=2']}",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
@@ -157,7 +172,20 @@ def test_to_device_moves_tensors_and_keeps_everything_else():
     from maskfm.batch import to_device
 
     spans = [[(0, 3, "colour")]]
-    batch = {"image": torch.zeros(1, 2), "caption": ["a red square"], "spans": spans, "batch_size": 1}
+    batch = {
+        "image": torch.zeros(1, 2),
+        "caption": ["a red square"],
+        "spans": spans,
+        "batch_size": 1,
+    }
     moved = to_device(batch, torch.device("meta"), non_blocking=True)
-    assert moved is not batch and moved["image"].device.type == "meta" and batch["image"].device.type == "cpu"
-    assert moved["caption"] is batch["caption"] and moved["spans"] is spans and moved["batch_size"] == 1
+    assert (
+        moved is not batch
+        and moved["image"].device.type == "meta"
+        and batch["image"].device.type == "cpu"
+    )
+    assert (
+        moved["caption"] is batch["caption"]
+        and moved["spans"] is spans
+        and moved["batch_size"] == 1
+    )

@@ -15,7 +15,14 @@ from maskfm.config import CONFIG_DIR
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 DATA_GROUPS = {p.stem: yaml.safe_load(p.read_text()) for p in (CONFIG_DIR / "data").glob("*.yaml")}
 # Settings an experiment may give any source of its modality (model-facing sizes).
-SHARED_DATA_KEYS = {"batch_size", "img_size", "num_points", "voxel_size", "max_text_len", "tokenizer"}
+SHARED_DATA_KEYS = {
+    "batch_size",
+    "img_size",
+    "num_points",
+    "voxel_size",
+    "max_text_len",
+    "tokenizer",
+}
 
 
 def modality(target: str) -> str:
@@ -26,7 +33,9 @@ def modality(target: str) -> str:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_data_settings_fit_every_source_of_its_modality(name, compose_train):
     own = compose_train([f"+experiment={name}"])
-    groups = [g for g, c in DATA_GROUPS.items() if modality(c["_target_"]) == modality(own.data._target_)]
+    groups = [
+        g for g, c in DATA_GROUPS.items() if modality(c["_target_"]) == modality(own.data._target_)
+    ]
     assert len(groups) >= 2, f"{name}: only {groups}"
     for group in groups:
         cfg = compose_train([f"+experiment={name}", f"data={group}"])
@@ -35,10 +44,13 @@ def test_experiment_data_settings_fit_every_source_of_its_modality(name, compose
         leaked = sorted(set(composed) - set(declared))
         assert not leaked, f"+experiment={name} data={group}: keys {leaked} are not data={group}'s"
         params = inspect.signature(get_class(declared["_target_"])).parameters
-        assert set(composed) - {"_target_"} <= set(params), f"{group}: {set(composed) - set(params)}"
+        assert set(composed) - {"_target_"} <= set(params), (
+            f"{group}: {set(composed) - set(params)}"
+        )
         changed = {k for k in composed if k != "_target_" and composed[k] != declared[k]}
         assert changed <= SHARED_DATA_KEYS | {"root"}, (
-            f"+experiment={name} data={group} changes {sorted(changed - SHARED_DATA_KEYS)} of that source")
+            f"+experiment={name} data={group} changes {sorted(changed - SHARED_DATA_KEYS)} of that source"
+        )
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

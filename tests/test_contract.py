@@ -55,15 +55,24 @@ def test_method_implements_the_contract(name, compose_train):
     method.on_train_step(Progress(global_step=0, epoch=0, epoch_fraction=0.0, total_steps=10))
 
     out = method(batch, torch.Generator().manual_seed(0))
-    assert isinstance(out, MaskedModelingOutput) and out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert (
+        isinstance(out, MaskedModelingOutput) and out.loss.dim() == 0 and torch.isfinite(out.loss)
+    )
     assert set(out.parts) and all(torch.isfinite(v) for v in out.parts.values())
-    assert out.mask is not None and out.mask.dtype == torch.bool and out.mask.any() and not out.mask.all()
+    assert (
+        out.mask is not None
+        and out.mask.dtype == torch.bool
+        and out.mask.any()
+        and not out.mask.all()
+    )
     if out.pred is not None:  # one entry per token, aligned with the mask
         assert out.pred.shape[: out.mask.dim()] == out.mask.shape
 
     out.loss.backward()
     grads = [p.grad for p in method.encoder.parameters() if p.requires_grad]
-    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the encoder"
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), (
+        "no gradient reached the encoder"
+    )
 
     method.eval()
     with torch.no_grad():
@@ -76,10 +85,15 @@ def test_method_implements_the_contract(name, compose_train):
         assert feats.dim() == 3 and feats.shape[0] == 2 and torch.isfinite(feats).all()
 
     with torch.no_grad():
-        for medium, draw in (("panels", method.reconstruction_panels), ("clouds", method.reconstruction_clouds)):
+        for medium, draw in (
+            ("panels", method.reconstruction_panels),
+            ("clouds", method.reconstruction_clouds),
+        ):
             if medium in method.media:
                 pictures = draw(batch, out)
-                assert pictures and all(isinstance(v, torch.Tensor) and v.numel() for v in pictures.values())
+                assert pictures and all(
+                    isinstance(v, torch.Tensor) and v.numel() for v in pictures.values()
+                )
             else:
                 with pytest.raises(NotImplementedError):
                     draw(batch, out)
@@ -90,8 +104,16 @@ def test_the_step_hook_gets_training_progress(compose_train):
     from maskfm.train import train
 
     seen: list[Progress] = []
-    cfg = compose_train(["+experiment=point_mae", *SMALL["point_mae"], *COMMON, "trainer.max_epochs=2",
-                         "trainer.limit_val_batches=0", "print_config=false"])
+    cfg = compose_train(
+        [
+            "+experiment=point_mae",
+            *SMALL["point_mae"],
+            *COMMON,
+            "trainer.max_epochs=2",
+            "trainer.limit_val_batches=0",
+            "print_config=false",
+        ]
+    )
     original = MaskedMethod.on_train_step
     MaskedMethod.on_train_step = lambda self, progress: seen.append(progress)
     try:
@@ -114,7 +136,9 @@ SWAPS = [
 
 
 @pytest.mark.parametrize(("name", "masker", "extra"), SWAPS, ids=[f"{n}-{m}" for n, m, _ in SWAPS])
-def test_a_masker_works_for_every_method_whose_layout_it_supports(name, masker, extra, compose_train):
+def test_a_masker_works_for_every_method_whose_layout_it_supports(
+    name, masker, extra, compose_train
+):
     cfg = compose_train([f"+experiment={name}", f"masking={masker}", *extra, *SMALL[name], *COMMON])
     datamodule, batch = one_batch(cfg)
     method = build_method(cfg, datamodule)
@@ -144,7 +168,9 @@ def test_radial_masks_point_patches_by_whole_sectors():
     assert masker.guarantee_for(TokenLayout.points(centers, equal_counts=True)) == "exact_count"
     for b in range(3):
         sectors = azimuth_sectors(centers[b], 30.0)
-        mixed = [s for s in sectors.unique() if 0 < mask[b][sectors == s].sum() < (sectors == s).sum()]
+        mixed = [
+            s for s in sectors.unique() if 0 < mask[b][sectors == s].sum() < (sectors == s).sum()
+        ]
         assert len(mixed) <= 1
 
 
@@ -159,4 +185,8 @@ def test_ragged_and_dense_forms_give_the_same_random_mask():
     flat = RandomMasker(0.5)(ragged, torch.Generator().manual_seed(3))
     again = RandomMasker(0.5)(dense, torch.Generator().manual_seed(3))
     assert torch.equal(flat, again[batch_index, slot])
-    assert torch.bincount(batch_index[flat], minlength=3).tolist() == [2, 2, 2]  # round(0.5 * 3), 4 -> 2
+    assert torch.bincount(batch_index[flat], minlength=3).tolist() == [
+        2,
+        2,
+        2,
+    ]  # round(0.5 * 3), 4 -> 2

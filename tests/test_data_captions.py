@@ -111,9 +111,13 @@ def test_synthetic_samples_are_deterministic_and_distinct():
     # not asserted here: a timing bound fails for the wrong reason on a shared CPU.
     ds = SyntheticCaptions(8, None, img_size=64)
     again = SyntheticCaptions(8, None, img_size=64)
-    assert all(torch.equal(ds[i]["image"], again[i]["image"]) and ds[i]["caption"] == again[i]["caption"]
-               for i in range(8))
-    assert len({ds[i]["caption"] for i in range(8)}) > 1 and not torch.equal(ds[0]["image"], ds[1]["image"])
+    assert all(
+        torch.equal(ds[i]["image"], again[i]["image"]) and ds[i]["caption"] == again[i]["caption"]
+        for i in range(8)
+    )
+    assert len({ds[i]["caption"] for i in range(8)}) > 1 and not torch.equal(
+        ds[0]["image"], ds[1]["image"]
+    )
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -174,14 +178,16 @@ def test_word_ids_follow_caption_words(kind, bpe, wordpiece):
         assert torch.equal(s["span_ids"] >= 0, s["grounded"])
         for k, (a, b, _) in enumerate(s["spans"]):
             offs = [o for o, sid in zip(e.offsets, s["span_ids"].tolist(), strict=True) if sid == k]
-            assert offs and cap[offs[0][0]:offs[-1][1]].strip() == cap[a:b]
+            assert offs and cap[offs[0][0] : offs[-1][1]].strip() == cap[a:b]
 
 
 def test_tokenizer_from_local_path(tmp_path, wordpiece):
     wordpiece.save_pretrained(tmp_path / "tok")
     tok = load_tokenizer(tmp_path / "tok")
     assert tok.is_fast and tok.get_vocab() == wordpiece.get_vocab()
-    with pytest.raises(FileNotFoundError, match="neither a local directory nor in the local Hugging Face cache"):
+    with pytest.raises(
+        FileNotFoundError, match="neither a local directory nor in the local Hugging Face cache"
+    ):
         load_tokenizer(tmp_path / "roberta-base")
 
 

@@ -89,7 +89,10 @@ def test_the_factory_gets_the_split_and_the_datamodule_arguments(tiny_format):
 
     dm = PointCloudDataModule("tiny_npy", root=str(tiny_format), num_points=64, batch_size=2)
     dm.setup("fit")
-    assert [(s.split, s.eval_set, s.num_points) for s in seen] == [("train", False, 64), ("test", False, 64)]
+    assert [(s.split, s.eval_set, s.num_points) for s in seen] == [
+        ("train", False, 64),
+        ("test", False, 64),
+    ]
     assert seen[0].hparams.batch_size == 2 and seen[0].root == str(tiny_format)
     with pytest.raises(ValueError, match="variant='x' only applies to dataset 'scanobjectnn'"):
         PointCloudDataModule("tiny_npy", root=str(tiny_format), variant="x")
@@ -108,7 +111,10 @@ def test_unknown_names_list_the_registered_formats(tiny_format):
         PointCloudDataModule(eval_dataset="nope")
     with pytest.raises(ValueError) as e:
         LidarDataModule("nope")
-    assert str(e.value) == "dataset must be one of ('synthetic', 'kitti', 'nuscenes', 'waymo'), got 'nope'"
+    assert (
+        str(e.value)
+        == "dataset must be one of ('synthetic', 'kitti', 'nuscenes', 'waymo'), got 'nope'"
+    )
     with pytest.raises(ValueError) as e:
         CaptionDataModule("nope")
     assert str(e.value) == "dataset must be synthetic, arrow or folder, got 'nope'"

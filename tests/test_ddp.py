@@ -72,14 +72,20 @@ class RankReplayMasker:
             if layout.is_ragged:  # voxels: rank r holds samples r::world_size, in order
                 rows = layout.batch_index % self.world_size == r
                 part = dataclasses.replace(
-                    layout, positions=layout.positions[rows], valid=layout.valid[rows],
+                    layout,
+                    positions=layout.positions[rows],
+                    valid=layout.valid[rows],
                     batch_index=layout.batch_index[rows] // self.world_size,
-                    ragged_batch_size=layout.batch_size // self.world_size)
+                    ragged_batch_size=layout.batch_size // self.world_size,
+                )
             else:
                 rows = torch.arange(r, layout.batch_size, self.world_size, device=mask.device)
                 part = dataclasses.replace(
-                    layout, positions=layout.positions[rows], valid=layout.valid[rows],
-                    groups=None if layout.groups is None else layout.groups[rows])
+                    layout,
+                    positions=layout.positions[rows],
+                    valid=layout.valid[rows],
+                    groups=None if layout.groups is None else layout.groups[rows],
+                )
             mask[rows] = self.inner(part, gen)
         return mask
 
@@ -94,9 +100,18 @@ class ReplayRankMasks(Callback):
         pl_module.model.masker = RankReplayMasker(pl_module.model.masker, self.world_size)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        ranks = [SimpleNamespace(hparams=pl_module.hparams, current_epoch=pl_module.current_epoch,
-                                 global_rank=r, device=pl_module.device) for r in range(self.world_size)]
-        pl_module.model.masker.generators = [MaskedPretrainer.mask_generator(rank, batch_idx) for rank in ranks]
+        ranks = [
+            SimpleNamespace(
+                hparams=pl_module.hparams,
+                current_epoch=pl_module.current_epoch,
+                global_rank=r,
+                device=pl_module.device,
+            )
+            for r in range(self.world_size)
+        ]
+        pl_module.model.masker.generators = [
+            MaskedPretrainer.mask_generator(rank, batch_idx) for rank in ranks
+        ]
 
 
 class RecordSteps(Callback):
@@ -108,8 +123,13 @@ class RecordSteps(Callback):
         self.grads: list[dict[str, torch.Tensor]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.grads.append({n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
-                           if p.grad is not None})
+        self.grads.append(
+            {
+                n: p.grad.detach().clone()
+                for n, p in pl_module.model.named_parameters()
+                if p.grad is not None
+            }
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -118,15 +138,31 @@ class RecordSteps(Callback):
     @rank_zero_only
     def on_train_end(self, trainer, pl_module) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"losses": self.losses, "grads": self.grads, "world_size": trainer.world_size}, self.path)
+        torch.save(
+            {"losses": self.losses, "grads": self.grads, "world_size": trainer.world_size},
+            self.path,
+        )
 
 
 # -- the parity runs ------------------------------------------------------------------------
-TINY_POINTS = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_depth=1",
-               "model.decoder_num_heads=2", "model.pointnet_hidden=[16,32,32]", "model.num_groups=8",
-               "model.group_size=16", "model.drop_path_rate=0", "data.num_points=256", "data.augment=false"]
-TINY_LIDAR = ["data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]", "data.voxel_size=[0.8,0.8,0.1]",
-              "model.decoder=dense"]
+TINY_POINTS = [
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "model.pointnet_hidden=[16,32,32]",
+    "model.num_groups=8",
+    "model.group_size=16",
+    "model.drop_path_rate=0",
+    "data.num_points=256",
+    "data.augment=false",
+]
+TINY_LIDAR = [
+    "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
+    "data.voxel_size=[0.8,0.8,0.1]",
+    "model.decoder=dense",
+]
 # method -> (overrides, per-rank batch)
 METHODS = {
     "mae": (["+experiment=mae", *TINY_MAE, "data.img_size=32"], 4),
@@ -135,19 +171,35 @@ METHODS = {
     "rmae": (["+experiment=rmae", *TINY_LIDAR], 2),
 }
 STEPS = 2
-COMMON = [f"trainer.max_steps={STEPS}", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1",
-          "callbacks.reconstructions.every_n_steps=1", "callbacks.progress.force=lines",
-          "print_config=false", "seed=1"]
+COMMON = [
+    f"trainer.max_steps={STEPS}",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "callbacks.reconstructions.every_n_steps=1",
+    "callbacks.progress.force=lines",
+    "print_config=false",
+    "seed=1",
+]
 
 
 def parity_run(method: str, devices: int, cwd: Path) -> dict:
     overrides, batch = METHODS[method]
     record = cwd / "record.pt"
-    args = [*overrides, *COMMON, "trainer=ddp_cpu", f"trainer.devices={devices}",
-            f"data.batch_size={batch * (2 // devices)}", f"data.num_train={batch * 2 * STEPS}",
-            "+callbacks.record._target_=tests.test_ddp.RecordSteps", f"+callbacks.record.path={record}"]
+    args = [
+        *overrides,
+        *COMMON,
+        "trainer=ddp_cpu",
+        f"trainer.devices={devices}",
+        f"data.batch_size={batch * (2 // devices)}",
+        f"data.num_train={batch * 2 * STEPS}",
+        "+callbacks.record._target_=tests.test_ddp.RecordSteps",
+        f"+callbacks.record.path={record}",
+    ]
     if devices == 1:
-        args += ["+callbacks.replay._target_=tests.test_ddp.ReplayRankMasks", "+callbacks.replay.world_size=2"]
+        args += [
+            "+callbacks.replay._target_=tests.test_ddp.ReplayRankMasks",
+            "+callbacks.replay.world_size=2",
+        ]
     elif method == "mae":  # and one W&B run for the two processes
         args += ["logger=wandb"]
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -160,11 +212,15 @@ def max_differences(ddp: dict, ref: dict) -> list[dict[str, float]]:
     """Per step: |loss difference| and max |gradient difference|, absolute and relative to
     the largest gradient entry of the reference."""
     steps = []
-    for l_ddp, l_ref, g_ddp, g_ref in zip(ddp["losses"], ref["losses"], ddp["grads"], ref["grads"], strict=True):
+    for l_ddp, l_ref, g_ddp, g_ref in zip(
+        ddp["losses"], ref["losses"], ddp["grads"], ref["grads"], strict=True
+    ):
         assert g_ddp.keys() == g_ref.keys()
         grad = max(float((g_ddp[n] - g_ref[n]).abs().max()) for n in g_ref)
         scale = max(float(g.abs().max()) for g in g_ref.values())
-        steps.append({"loss": abs(l_ddp - l_ref), "grad": grad, "grad_rel": grad / scale, "grad_max": scale})
+        steps.append(
+            {"loss": abs(l_ddp - l_ref), "grad": grad, "grad_rel": grad / scale, "grad_max": scale}
+        )
     return steps
 
 
@@ -197,20 +253,28 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(method, tmp
     if method == "mae":
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     assert sorted(p.name for p in (run / "reconstructions").glob("*.png")) in (
-        [], ["step_000001.png", "step_000002.png"])  # R-MAE draws no pictures
+        [],
+        ["step_000001.png", "step_000002.png"],
+    )  # R-MAE draws no pictures
 
 
 # -- the BatchNorm plugin on its own (no processes) -------------------------------------------
 def test_sync_batchnorm_plugin_swaps_every_batchnorm_and_back():
-    model = nn.Sequential(nn.Conv1d(3, 4, 1), nn.BatchNorm1d(4), nn.Sequential(nn.BatchNorm3d(2, eps=1e-3)))
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 1), nn.BatchNorm1d(4), nn.Sequential(nn.BatchNorm3d(2, eps=1e-3))
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plugin = CPUSyncBatchNorm()
     synced = plugin.apply(model)
-    assert isinstance(synced[1], AllReduceBatchNorm) and isinstance(synced[2][0], AllReduceBatchNorm)
+    assert isinstance(synced[1], AllReduceBatchNorm) and isinstance(
+        synced[2][0], AllReduceBatchNorm
+    )
     assert synced[2][0].eps == 1e-3
     assert synced.state_dict().keys() == before.keys()  # checkpoints stay loadable as plain BN
     x = torch.randn(5, 4, 7)
-    expected = nn.functional.batch_norm(x, None, None, synced[1].weight, synced[1].bias, True, 0.1, 1e-5)
+    expected = nn.functional.batch_norm(
+        x, None, None, synced[1].weight, synced[1].bias, True, 0.1, 1e-5
+    )
     torch.testing.assert_close(synced[1](x), expected)  # no process group: plain BatchNorm
     reverted = plugin.revert(synced)
     assert type(reverted[1]) is nn.BatchNorm1d and type(reverted[2][0]) is nn.BatchNorm3d

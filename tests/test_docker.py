@@ -18,15 +18,22 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parents[1]
-DOCKERFILES = sorted(p for p in (REPO / "docker").glob("Dockerfile*") if p.suffix != ".dockerignore")
+DOCKERFILES = sorted(
+    p for p in (REPO / "docker").glob("Dockerfile*") if p.suffix != ".dockerignore"
+)
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-CUDA_SUFFIX = re.compile(r"^(?P<name>.+)-cu(?P<cuda>\d+)$")  # spconv-cu126: spconv's CUDA 12.6 build
+CUDA_SUFFIX = re.compile(
+    r"^(?P<name>.+)-cu(?P<cuda>\d+)$"
+)  # spconv-cu126: spconv's CUDA 12.6 build
 
 
 def declared() -> dict[str, list[Requirement]]:
     """Every requirement of pyproject.toml (core and extras), by normalised name."""
     project = PYPROJECT["project"]
-    lines = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    lines = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
     found: dict[str, list[Requirement]] = {}
     for line in lines:
         req = Requirement(line)
@@ -37,8 +44,11 @@ def declared() -> dict[str, list[Requirement]]:
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """``(INSTRUCTION, arguments)`` with line continuations joined and comments dropped."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def pip_installs(dockerfile: Path) -> list[list[str]]:
@@ -72,7 +82,9 @@ def test_every_installed_package_matches_pyproject(dockerfile):
     known, extras = declared(), PYPROJECT["project"]["optional-dependencies"]
     base_cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)", dockerfile.read_text())
     installs = [word for words in pip_installs(dockerfile) for word in words]
-    assert any(w.startswith(".") for w in installs), f"{dockerfile.name} never installs maskfm itself"
+    assert any(w.startswith(".") for w in installs), (
+        f"{dockerfile.name} never installs maskfm itself"
+    )
     for word in installs:
         if word == "pip":  # pip upgrading itself
             continue
@@ -84,12 +96,17 @@ def test_every_installed_package_matches_pyproject(dockerfile):
         name, cuda = req.name.lower(), None
         if (m := CUDA_SUFFIX.match(name)) and m["name"] in known:
             name, cuda = m["name"], m["cuda"]
-        assert name in known, f"{dockerfile.name} installs {req.name}, which pyproject.toml does not declare"
+        assert name in known, (
+            f"{dockerfile.name} installs {req.name}, which pyproject.toml does not declare"
+        )
         assert req.specifier in {r.specifier for r in known[name]}, (
-            f"{dockerfile.name}: {word} != pyproject.toml's {[str(r) for r in known[name]]}")
+            f"{dockerfile.name}: {word} != pyproject.toml's {[str(r) for r in known[name]]}"
+        )
         if cuda is not None:  # a CUDA build must match the image's CUDA version
             assert base_cuda, f"{dockerfile.name} installs {req.name} on an image without CUDA"
-            assert cuda == base_cuda[1] + base_cuda[2], f"{req.name} on CUDA {base_cuda[1]}.{base_cuda[2]}"
+            assert cuda == base_cuda[1] + base_cuda[2], (
+                f"{req.name} on CUDA {base_cuda[1]}.{base_cuda[2]}"
+            )
 
 
 # Releases that must never be installed, under every name they were published as
@@ -102,8 +119,12 @@ def test_every_requirement_excludes_the_compromised_releases(name):
     lines = [str(r) for r in declared().get(name, [])]
     assert lines, f"pyproject.toml declares no {name} requirement, so nothing bounds it"
     for dockerfile in DOCKERFILES:
-        found = [w for words in pip_installs(dockerfile) for w in words
-                 if not w.startswith(".") and w != "pip" and Requirement(w).name.lower() == name]
+        found = [
+            w
+            for words in pip_installs(dockerfile)
+            for w in words
+            if not w.startswith(".") and w != "pip" and Requirement(w).name.lower() == name
+        ]
         assert found, f"{dockerfile.name} does not pin {name} away from {EXCLUDED_RELEASES[name]}"
         lines += found
     for line in lines:
@@ -115,7 +136,9 @@ def test_every_requirement_excludes_the_compromised_releases(name):
 def test_no_installed_distribution_is_an_excluded_release():
     from importlib.metadata import distributions
 
-    installed = {(d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in distributions()}
+    installed = {
+        (d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in distributions()
+    }
     assert "lightning" in installed and "pytorch-lightning" in installed
     bad = {n: v for n, v in installed.items() if v in EXCLUDED_RELEASES.get(n, ())}
     assert not bad, f"compromised releases installed: {bad}"
@@ -129,9 +152,11 @@ def test_image_runs_as_a_user_with_the_configs_and_a_supported_python(dockerfile
     assert user and user[-1].strip() not in ("root", "0"), f"{dockerfile.name} runs as root"
     first_pip = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install" in a)
     assert kinds.index("USER") < first_pip  # packages are installed as the user, not root
-    copied = {src for k, a in steps if k == "COPY" for src in a.split()[:-1] if not src.startswith("--")}
+    copied = {
+        src for k, a in steps if k == "COPY" for src in a.split()[:-1] if not src.startswith("--")
+    }
     assert {"maskfm", "conf", "pyproject.toml", "setup.py"} <= copied
     image = next(a for k, a in steps if k == "FROM")
-    python = (re.search(r"python:(\d+\.\d+)", image) or re.search(r"ubuntu(22\.04|24\.04)", image))
+    python = re.search(r"python:(\d+\.\d+)", image) or re.search(r"ubuntu(22\.04|24\.04)", image)
     version = {"22.04": "3.10", "24.04": "3.12"}.get(python[1], python[1])  # Ubuntu's python3
     assert Version(version) in SpecifierSet(PYPROJECT["project"]["requires-python"]), image

@@ -16,14 +16,23 @@ from maskfm.train import train
 
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory):
-    return CaptionDataModule(img_size=32, batch_size=8, num_train=16, num_val=12,
-                             cache_dir=str(tmp_path_factory.mktemp("captions")))
+    return CaptionDataModule(
+        img_size=32,
+        batch_size=8,
+        num_train=16,
+        num_val=12,
+        cache_dir=str(tmp_path_factory.mktemp("captions")),
+    )
 
 
 def test_recall_at_k_by_hand():
-    scores = torch.tensor([[0.9, 0.1, 0.5],   # query 0: right answer ranked 1st
-                           [0.8, 0.2, 0.9],   # query 1: ranked 3rd
-                           [0.1, 0.7, 0.6]])  # query 2: ranked 2nd
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.5],  # query 0: right answer ranked 1st
+            [0.8, 0.2, 0.9],  # query 1: ranked 3rd
+            [0.1, 0.7, 0.6],
+        ]
+    )  # query 2: ranked 2nd
     relevant = torch.eye(3, dtype=torch.bool)
     r = recall_at_k(scores, relevant, (1, 2, 3))
     assert r == pytest.approx({"R@1": 100 / 3, "R@2": 200 / 3, "R@3": 100.0})
@@ -63,16 +72,27 @@ class ImageReader:
             truth = self.ids.get(_fingerprint(img))
             if truth is not None:
                 logits[r, torch.arange(input_ids.shape[1]), truth] = 1.0
-        return logits[positions]  # blank picture: all-zero logits, argmax token 0 (<s>), always wrong
+        return logits[
+            positions
+        ]  # blank picture: all-zero logits, argmax token 0 (<s>), always wrong
 
 
 def test_mlm_probe_counts_words_and_measures_the_gap(datamodule):
     loader = datamodule.eval_dataloaders()[1]
     result = mlm_probe(ImageReader(loader), loader, datamodule.mask_token_id, mode="each")
     assert result["num_samples"] == 12
-    words = sum(1 for b in loader for spans in b["spans"] for s in spans if s[2] in ("colour", "shape", "count"))
+    words = sum(
+        1
+        for b in loader
+        for spans in b["spans"]
+        for s in spans
+        if s[2] in ("colour", "shape", "count")
+    )
     assert result["num_words"] == words
-    assert result["true_image"]["word_accuracy"] == 100.0 and result["true_image"]["colour_accuracy"] == 100.0
+    assert (
+        result["true_image"]["word_accuracy"] == 100.0
+        and result["true_image"]["colour_accuracy"] == 100.0
+    )
     assert result["blank_image"]["word_accuracy"] == 0.0 and result["gap"] == 100.0
     capped = mlm_probe(ImageReader(loader), loader, datamodule.mask_token_id, max_samples=5)
     assert capped["num_samples"] == 5 and capped["num_words"] < words
@@ -110,13 +130,27 @@ def test_retrieval_ranks_every_pair_by_the_match_score(datamodule):
 
 TINY_M3AE = [
     "+experiment=m3ae",
-    "data.img_size=32", "data.num_train=32", "data.num_val=16", "data.batch_size=8",
-    "model.image.patch_size=8", "model.image.embed_dim=32", "model.image.depth=1", "model.image.num_heads=2",
-    "model.text.hidden_size=32", "model.text.num_layers=1", "model.text.num_heads=2",
+    "data.img_size=32",
+    "data.num_train=32",
+    "data.num_val=16",
+    "data.batch_size=8",
+    "model.image.patch_size=8",
+    "model.image.embed_dim=32",
+    "model.image.depth=1",
+    "model.image.num_heads=2",
+    "model.text.hidden_size=32",
+    "model.text.num_layers=1",
+    "model.text.num_heads=2",
     "model.text.intermediate_size=64",
-    "model.fusion.dim=32", "model.fusion.depth=2", "model.fusion.num_heads=2", "model.mim_layer=1",
-    "model.decoder.embed_dim=32", "model.decoder.depth=1", "model.decoder.num_heads=2",
-    "trainer.max_epochs=1", "callbacks.reconstructions.every_n_steps=2",
+    "model.fusion.dim=32",
+    "model.fusion.depth=2",
+    "model.fusion.num_heads=2",
+    "model.mim_layer=1",
+    "model.decoder.embed_dim=32",
+    "model.decoder.depth=1",
+    "model.decoder.num_heads=2",
+    "trainer.max_epochs=1",
+    "callbacks.reconstructions.every_n_steps=2",
 ]
 
 
@@ -131,7 +165,10 @@ def test_train_then_evaluate_m3ae_from_the_configs(compose_train):
     probe = evaluate(compose_train([*TINY_M3AE, "eval=mlm_probe", ckpt], config_name="evaluate"))
     assert probe["eval"] == "mlm_probe" and probe["num_samples"] == 16 and probe["global_step"] == 4
     assert 0.0 <= probe["true_image"]["word_accuracy"] <= 100.0
-    rank = evaluate(compose_train([*TINY_M3AE, "eval=retrieval", "eval.num_pairs=6", ckpt],
-                                  config_name="evaluate"))
+    rank = evaluate(
+        compose_train(
+            [*TINY_M3AE, "eval=retrieval", "eval.num_pairs=6", ckpt], config_name="evaluate"
+        )
+    )
     assert rank["num_pairs"] == 6 and set(rank["image_to_text"]) == {"R@1", "R@5"}
     assert json.loads((out / "eval.json").read_text()) == json.loads(json.dumps(rank))

@@ -18,11 +18,20 @@ from maskfm.eval.voxel_probe import VoxelProbe
 from maskfm.evaluate import evaluate
 from tests.test_evaluate import TINY_POINTS
 
-PROTOCOLS = {"svm": LinearSVM, "voxel_probe": VoxelProbe, "mlm_probe": MLMProbe, "retrieval": Retrieval}
+PROTOCOLS = {
+    "svm": LinearSVM,
+    "voxel_probe": VoxelProbe,
+    "mlm_probe": MLMProbe,
+    "retrieval": Retrieval,
+}
 
 
 def test_every_eval_yaml_is_a_protocol():
-    assert available_protocols() == sorted(p.stem for p in (CONFIG_DIR / "eval").glob("*.yaml")) == sorted(PROTOCOLS)
+    assert (
+        available_protocols()
+        == sorted(p.stem for p in (CONFIG_DIR / "eval").glob("*.yaml"))
+        == sorted(PROTOCOLS)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
@@ -37,15 +46,31 @@ def test_the_four_protocols_instantiate_from_their_yaml(compose_train, name):
             assert getattr(protocol, key) == value, key
 
 
-@pytest.mark.parametrize("name, overrides, expected", [
-    ("svm", ["eval.C=0.5", "eval.pooling=max", "eval.standardize=true"], {"C": 0.5, "pooling": "max", "standardize": True}),
-    ("mlm_probe", ["eval.mode=all", "eval.kinds=[colour]", "eval.num_samples=4"],
-     {"mode": "all", "kinds": ["colour"], "num_samples": 4}),
-    ("retrieval", ["eval.num_pairs=6", "eval.ks=[1,5]", "eval.device=cpu"], {"num_pairs": 6, "ks": [1, 5], "device": "cpu"}),
-    ("voxel_probe", ["eval.epochs=5", "eval.lr=0.1"], {"epochs": 5, "lr": 0.1}),
-])
+@pytest.mark.parametrize(
+    "name, overrides, expected",
+    [
+        (
+            "svm",
+            ["eval.C=0.5", "eval.pooling=max", "eval.standardize=true"],
+            {"C": 0.5, "pooling": "max", "standardize": True},
+        ),
+        (
+            "mlm_probe",
+            ["eval.mode=all", "eval.kinds=[colour]", "eval.num_samples=4"],
+            {"mode": "all", "kinds": ["colour"], "num_samples": 4},
+        ),
+        (
+            "retrieval",
+            ["eval.num_pairs=6", "eval.ks=[1,5]", "eval.device=cpu"],
+            {"num_pairs": 6, "ks": [1, 5], "device": "cpu"},
+        ),
+        ("voxel_probe", ["eval.epochs=5", "eval.lr=0.1"], {"epochs": 5, "lr": 0.1}),
+    ],
+)
 def test_command_line_overrides_reach_the_protocol(compose_train, name, overrides, expected):
-    protocol = build_protocol(compose_train([*TINY_POINTS, f"eval={name}", *overrides], config_name="evaluate").eval)
+    protocol = build_protocol(
+        compose_train([*TINY_POINTS, f"eval={name}", *overrides], config_name="evaluate").eval
+    )
     assert {k: getattr(protocol, k) for k in expected} == expected
 
 
@@ -55,13 +80,25 @@ def test_an_unknown_eval_group_names_the_choices(compose_train):
     assert "eval/nope" in str(caught.value) and all(name in str(caught.value) for name in PROTOCOLS)
 
 
-@pytest.mark.parametrize("eval_cfg, message", [
-    ({"name": "svm", "C": 1.0}, r"names no protocol class \(no eval._target_\); use eval= one of mlm_probe, "
-                                r"retrieval, svm, voxel_probe"),
-    ({"_target_": "maskfm.eval.svm.NoSuchProtocol", "name": "svm"}, r"eval._target_=maskfm.eval.svm.NoSuchProtocol: "),
-    ({"_target_": "maskfm.eval.svm.LinearSVM", "name": "svm", "gamma": 2}, r"eval._target_=maskfm.eval.svm.LinearSVM: .*unexpected keyword argument 'gamma'; use eval= one of"),
-    ({"_target_": "builtins.dict", "name": "svm"}, r"is a dict, not an evaluation protocol"),
-])
+@pytest.mark.parametrize(
+    "eval_cfg, message",
+    [
+        (
+            {"name": "svm", "C": 1.0},
+            r"names no protocol class \(no eval._target_\); use eval= one of mlm_probe, "
+            r"retrieval, svm, voxel_probe",
+        ),
+        (
+            {"_target_": "maskfm.eval.svm.NoSuchProtocol", "name": "svm"},
+            r"eval._target_=maskfm.eval.svm.NoSuchProtocol: ",
+        ),
+        (
+            {"_target_": "maskfm.eval.svm.LinearSVM", "name": "svm", "gamma": 2},
+            r"eval._target_=maskfm.eval.svm.LinearSVM: .*unexpected keyword argument 'gamma'; use eval= one of",
+        ),
+        ({"_target_": "builtins.dict", "name": "svm"}, r"is a dict, not an evaluation protocol"),
+    ],
+)
 def test_an_invalid_eval_config_is_a_user_error(compose_train, tmp_path, eval_cfg, message):
     with pytest.raises(UserInputError, match=message) as caught:
         build_protocol(OmegaConf.create(eval_cfg))
@@ -86,8 +123,9 @@ class CountTestSamples(Protocol):
 
 def test_a_new_protocol_is_one_class_and_one_config(compose_train, tmp_path, capsys):
     cfg = compose_train([*TINY_POINTS, "seed=3"], config_name="evaluate")
-    cfg.eval = OmegaConf.create({"_target_": f"{__name__}.CountTestSamples", "name": "count", "scale": 2,
-                                 "device": "cpu"})
+    cfg.eval = OmegaConf.create(
+        {"_target_": f"{__name__}.CountTestSamples", "name": "count", "scale": 2, "device": "cpu"}
+    )
     result = evaluate(cfg)
     assert result["eval"] == "count" and result["num_test"] == 32 and result["seed"] == 3
     assert json.loads((tmp_path / "run" / "eval.json").read_text()) == result

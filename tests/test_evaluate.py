@@ -13,10 +13,19 @@ from maskfm.train import train
 from tests.test_point_methods import original_point_mae_state_dict
 
 TINY_POINTS = [
-    "+experiment=point_mae", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-    "model.decoder_depth=1", "model.decoder_num_heads=2", "model.pointnet_hidden=[16,32,64]",
-    "model.num_groups=16", "model.group_size=16", "data.num_points=256", "data.batch_size=8",
-    "data.num_train=32", "data.num_val=16",
+    "+experiment=point_mae",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "model.pointnet_hidden=[16,32,64]",
+    "model.num_groups=16",
+    "model.group_size=16",
+    "data.num_points=256",
+    "data.batch_size=8",
+    "data.num_train=32",
+    "data.num_val=16",
 ]
 
 
@@ -56,8 +65,14 @@ def test_svm_eval_of_an_original_point_mae_checkpoint(compose_train, tmp_path):
     sd = original_point_mae_state_dict(PointMAE())
     path = tmp_path / "pretrain.pth"
     torch.save({"base_model": sd, "epoch": 300}, path)
-    released = ["+experiment=point_mae_shapenet", "data=synthetic_shapes", "trainer=cpu",
-                "data.batch_size=8", "data.num_train=16", "data.num_val=8"]
+    released = [
+        "+experiment=point_mae_shapenet",
+        "data=synthetic_shapes",
+        "trainer=cpu",
+        "data.batch_size=8",
+        "data.num_train=16",
+        "data.num_val=8",
+    ]
     cfg = compose_train([*released, "eval=svm", f"ckpt_path={path}"], config_name="evaluate")
     result = evaluate(cfg)
     assert result["format"] == "original Point-MAE"
@@ -66,7 +81,9 @@ def test_svm_eval_of_an_original_point_mae_checkpoint(compose_train, tmp_path):
 
 
 def test_missing_checkpoint_is_named(compose_train, tmp_path):
-    cfg = compose_train([*TINY_POINTS, "eval=svm", f"ckpt_path={tmp_path}/nope.ckpt"], config_name="evaluate")
+    cfg = compose_train(
+        [*TINY_POINTS, "eval=svm", f"ckpt_path={tmp_path}/nope.ckpt"], config_name="evaluate"
+    )
     with pytest.raises(FileNotFoundError, match="nope.ckpt: no such checkpoint file"):
         evaluate(cfg)
 
@@ -82,9 +99,21 @@ def test_svm_eval_reads_the_real_formats(compose_train, tmp_path, dataset):
         make_scan(tmp_path / "ScanObjectNN", "hardest")
         root, extra = tmp_path / "ScanObjectNN", ["data.variant=hardest"]
     small = [o for o in TINY_POINTS if not o.startswith(("data.num_", "data.batch"))]
-    cfg = compose_train([*small, f"data={dataset}", f"data.root={root}", *extra, "data.num_points=32",
-                         "data.batch_size=4", "data.num_workers=0", "model.num_groups=8",
-                         "model.group_size=4", "eval=svm"], config_name="evaluate")
+    cfg = compose_train(
+        [
+            *small,
+            f"data={dataset}",
+            f"data.root={root}",
+            *extra,
+            "data.num_points=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "model.num_groups=8",
+            "model.group_size=4",
+            "eval=svm",
+        ],
+        config_name="evaluate",
+    )
     result = evaluate(cfg)
     expected = {"modelnet40": (6, 3), "scanobjectnn": (6, 6)}[dataset]
     assert (result["num_train"], result["num_test"]) == expected

@@ -29,8 +29,12 @@ def make_caption_arrows(root):
     return root
 
 
-REAL_FORMAT_FIXTURES = {"ImageFolderDataModule": make_image_folder, "shapenet55": make_shapenet55,
-                        "kitti": make_kitti_root, "arrow": make_caption_arrows}
+REAL_FORMAT_FIXTURES = {
+    "ImageFolderDataModule": make_image_folder,
+    "shapenet55": make_shapenet55,
+    "kitti": make_kitti_root,
+    "arrow": make_caption_arrows,
+}
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -60,7 +64,9 @@ def test_experiments_exist():
 def test_experiment_composes_and_runs_one_step(name, compose_train, tmp_path):
     overrides = [f"+experiment={name}", *ON_CPU, *SMALLER_INPUTS.get(name, [])]
     cfg = compose_train(overrides)
-    if OmegaConf.is_missing(cfg.data, "root"):  # a real format: give it a tiny folder of that format
+    if OmegaConf.is_missing(
+        cfg.data, "root"
+    ):  # a real format: give it a tiny folder of that format
         kind = cfg.data.get("dataset") or cfg.data._target_.rsplit(".", 1)[-1]
         if kind not in REAL_FORMAT_FIXTURES:
             pytest.fail(f"experiment {name}: no test fixture for data {kind}")
@@ -85,7 +91,12 @@ def test_mae_experiment_is_the_embedded_default(compose_train):
 def test_m3ae_recipe_matches_the_release(compose_train):
     cfg = compose_train(["+experiment=m3ae_roco", "data.root=/nonexistent"])
     m = cfg.model
-    assert (m.image.size, m.image.patch_size, cfg.data.img_size, cfg.data.max_text_len) == ("base", 16, 288, 64)
+    assert (m.image.size, m.image.patch_size, cfg.data.img_size, cfg.data.max_text_len) == (
+        "base",
+        16,
+        288,
+        64,
+    )
     assert (m.text.model_type, m.text.hidden_size, m.text.num_layers) == ("roberta", 768, 12)
     assert (m.fusion.dim, m.fusion.depth, m.fusion.num_heads, m.mim_layer) == (768, 6, 12, 3)
     assert (m.decoder.embed_dim, m.decoder.depth, m.decoder.num_heads) == (384, 5, 6)
@@ -93,7 +104,12 @@ def test_m3ae_recipe_matches_the_release(compose_train):
     assert dict(m.loss_weights) == {"mim": 1.0, "mlm": 1.0, "itm": 1.0}
     o = cfg.optim
     assert (o.base_lr, o.lr_reference_batch, o.weight_decay, o.schedule, o.warmup_fraction) == (
-        1e-5, 256, 0.01, "linear", 0.1)
+        1e-5,
+        256,
+        0.01,
+        "linear",
+        0.1,
+    )
     assert list(o.optimizer.betas) == [0.9, 0.98] and set(o.lr_multipliers.values()) == {5}
     assert cfg.data.batch_size * cfg.trainer.devices == 256 and cfg.trainer.max_steps == 100_000
 
@@ -101,7 +117,11 @@ def test_m3ae_recipe_matches_the_release(compose_train):
 def test_full_recipe_matches_the_paper(compose_train):
     cfg = compose_train(["+experiment=mae_vit_base_imagenet", "data.root=/nonexistent"])
     assert cfg.model.size == "base" and cfg.model.patch_size == 16
-    assert (cfg.model.decoder_embed_dim, cfg.model.decoder_depth, cfg.model.decoder_num_heads) == (512, 8, 16)
+    assert (cfg.model.decoder_embed_dim, cfg.model.decoder_depth, cfg.model.decoder_num_heads) == (
+        512,
+        8,
+        16,
+    )
     assert cfg.masking.ratio == 0.75 and cfg.optim.base_lr == 1.5e-4
     assert list(cfg.optim.optimizer.betas) == [0.9, 0.95] and cfg.optim.weight_decay == 0.05
     eff_batch = cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.accumulate_grad_batches

@@ -13,7 +13,9 @@ def test_fusion_layers_read_the_previous_outputs_of_both_streams():
     x, y = image, text
     for i in range(3):  # lockstep: both streams of layer i read layer i - 1
         x, y = fusion.image_layers[i](x, y), fusion.text_layers[i](y, x)
-        assert torch.allclose(x, image_out[i], atol=1e-6) and torch.allclose(y, text_out[i], atol=1e-6)
+        assert torch.allclose(x, image_out[i], atol=1e-6) and torch.allclose(
+            y, text_out[i], atol=1e-6
+        )
 
 
 def test_padded_text_tokens_do_not_change_the_image_stream():

@@ -9,8 +9,15 @@ import pytest
 from maskfm.train import train
 from tests.helpers import TINY_MAE
 
-SMALL = ["+experiment=mae", *TINY_MAE, "data.num_train=64", "data.num_val=8", "data.batch_size=4",
-         "trainer.log_every_n_steps=10", "callbacks.reconstructions.every_n_steps=0"]
+SMALL = [
+    "+experiment=mae",
+    *TINY_MAE,
+    "data.num_train=64",
+    "data.num_val=8",
+    "data.batch_size=4",
+    "trainer.log_every_n_steps=10",
+    "callbacks.reconstructions.every_n_steps=0",
+]
 
 
 @pytest.mark.parametrize("steps,logged", [(5, ["4"]), (10, ["9"]), (23, ["9", "19", "22"])])

@@ -18,7 +18,9 @@ from maskfm.nn.vit import ViTEncoder
 DIM = 32
 TINY = dict(
     image=dict(img_size=32, patch_size=8, size="tiny", embed_dim=DIM, depth=1, num_heads=2),
-    text=dict(hidden_size=DIM, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=40),
+    text=dict(
+        hidden_size=DIM, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=40
+    ),
     fusion=dict(dim=DIM, depth=4, num_heads=2, dropout=0.0),
     decoder=dict(embed_dim=DIM, depth=1, num_heads=2),
     mim_layer=2,
@@ -27,8 +29,13 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory):
-    return CaptionDataModule(img_size=32, batch_size=8, num_train=16, num_val=8,
-                             cache_dir=str(tmp_path_factory.mktemp("captions")))
+    return CaptionDataModule(
+        img_size=32,
+        batch_size=8,
+        num_train=16,
+        num_val=8,
+        cache_dir=str(tmp_path_factory.mktemp("captions")),
+    )
 
 
 @pytest.fixture
@@ -105,7 +112,9 @@ def test_mlm_loss_equals_cross_entropy_over_all_tokens(datamodule, batch):
     fused = model.infer(batch["image"], ids, batch["attention_mask"])
     loss, _ = model.mlm_loss(fused, labels)
     logits = model.mlm_head(fused.text[-1])  # the release's full-vocabulary logits
-    reference = F.cross_entropy(logits.view(-1, model.vocab_size), labels.view(-1), ignore_index=-100)
+    reference = F.cross_entropy(
+        logits.view(-1, model.vocab_size), labels.view(-1), ignore_index=-100
+    )
     assert torch.allclose(loss, reference, atol=1e-6)
 
 
@@ -151,7 +160,9 @@ def test_joint_pass_scores_reconstruction_on_matched_pairs_only(datamodule, batc
     from maskfm.nn.losses import masked_mse
 
     target = model.mim_target(out.extras["mim_images"])
-    assert torch.allclose(out.parts["mim"], masked_mse(out.pred, target, out.mask & matched[:, None]))
+    assert torch.allclose(
+        out.parts["mim"], masked_mse(out.pred, target, out.mask & matched[:, None])
+    )
     with pytest.raises(AssertionError):  # all pairs would give another number
         assert torch.allclose(out.parts["mim"], masked_mse(out.pred, target, out.mask))
 
@@ -186,7 +197,9 @@ def test_optimiser_groups_follow_the_release(compose_train, datamodule):
     assert scale_of[id(model.encoder.blocks[0].attn.qkv.weight)] == (1.0, 0.01)
     assert scale_of[id(model.text_encoder.embeddings.word_embeddings.weight)] == (1.0, 0.01)
     assert scale_of[id(model.text_encoder.embeddings.LayerNorm.weight)] == (1.0, 0.0)
-    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in groups) == sum(
+        1 for p in model.parameters() if p.requires_grad
+    )
 
 
 def test_linear_schedule_warms_up_for_ten_percent_then_decays_to_zero():
@@ -200,8 +213,15 @@ def test_linear_schedule_warms_up_for_ten_percent_then_decays_to_zero():
 
 def test_pretrainer_applies_the_multipliers_to_the_lr(datamodule):
     model = tiny_m3ae(datamodule)
-    system = MaskedPretrainer(model, base_lr=1e-5, lr_reference_batch=0, weight_decay=0.01,
-                              schedule="linear", warmup_fraction=0.1, lr_multipliers={"fusion": 5, "mlm_head": 5})
+    system = MaskedPretrainer(
+        model,
+        base_lr=1e-5,
+        lr_reference_batch=0,
+        weight_decay=0.01,
+        schedule="linear",
+        warmup_fraction=0.1,
+        lr_multipliers={"fusion": 5, "mlm_head": 5},
+    )
 
     dm = datamodule
 
@@ -223,9 +243,16 @@ def test_pretrainer_applies_the_multipliers_to_the_lr(datamodule):
 def test_pretrained_text_encoder_loads_from_a_local_directory(tmp_path, datamodule):
     from transformers import RobertaConfig, RobertaModel
 
-    config = RobertaConfig(vocab_size=datamodule.vocab_size, hidden_size=DIM, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
-                           pad_token_id=datamodule.pad_token_id, type_vocab_size=1)
+    config = RobertaConfig(
+        vocab_size=datamodule.vocab_size,
+        hidden_size=DIM,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        pad_token_id=datamodule.pad_token_id,
+        type_vocab_size=1,
+    )
     torch.manual_seed(1)
     saved = RobertaModel(config, add_pooling_layer=False)
     saved.save_pretrained(tmp_path / "roberta")
@@ -233,22 +260,30 @@ def test_pretrained_text_encoder_loads_from_a_local_directory(tmp_path, datamodu
     model = tiny_m3ae(datamodule, text={**TINY["text"], "pretrained": str(tmp_path / "roberta")})
     for k, v in saved.state_dict().items():
         assert torch.equal(model.text_encoder.state_dict()[k], v), k
-    with pytest.raises(FileNotFoundError, match="neither a local directory nor in the local Hugging Face cache"):
+    with pytest.raises(
+        FileNotFoundError, match="neither a local directory nor in the local Hugging Face cache"
+    ):
         tiny_m3ae(datamodule, text={**TINY["text"], "pretrained": "roberta-base"})
     # the tokenizer saved beside it is what data.tokenizer loads
-    dm = CaptionDataModule(img_size=32, batch_size=2, num_train=2, num_val=2, tokenizer=str(tmp_path / "roberta"))
+    dm = CaptionDataModule(
+        img_size=32, batch_size=2, num_train=2, num_val=2, tokenizer=str(tmp_path / "roberta")
+    )
     assert dm.vocab_size == datamodule.vocab_size
 
 
 def test_pretrained_image_encoder_is_opt_in_and_reports_shape_mismatches(tmp_path, datamodule):
     torch.manual_seed(2)
     vit = ViTEncoder(32, 8, 3, DIM, 1, 2)
-    torch.save({"model": {f"module.{k}": v for k, v in vit.state_dict().items()}}, tmp_path / "vit.pth")
+    torch.save(
+        {"model": {f"module.{k}": v for k, v in vit.state_dict().items()}}, tmp_path / "vit.pth"
+    )
     model = tiny_m3ae(datamodule, image={**TINY["image"], "pretrained": str(tmp_path / "vit.pth")})
     assert torch.equal(model.encoder.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
     wide = ViTEncoder(32, 8, 3, 2 * DIM, 1, 2)
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
-    with pytest.raises(ValueError, match=r"(?s)wide.pth.*MISMATCHED +blocks.0.attn.qkv.weight: file"):
+    with pytest.raises(
+        ValueError, match=r"(?s)wide.pth.*MISMATCHED +blocks.0.attn.qkv.weight: file"
+    ):
         tiny_m3ae(datamodule, image={**TINY["image"], "pretrained": str(tmp_path / "wide.pth")})
 
 

@@ -9,8 +9,16 @@ from maskfm.tokens.patchify import patchify, unpatchify
 
 
 def tiny_mae(**kw):
-    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    args = dict(
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return MAE(**{**args, **kw})
 
 
@@ -45,8 +53,12 @@ def test_sincos_table_matches_mae_layout():
     assert emb.shape == (7, 8) and torch.equal(emb[0], torch.zeros(8))
     # first half encodes the column (MAE's meshgrid(w, h) order), second half the row
     col1_row0, col0_row1 = emb[1 + 1], emb[1 + 3]
-    assert torch.allclose(col1_row0[4:], emb[1][4:]) and not torch.allclose(col1_row0[:4], emb[1][:4])
-    assert torch.allclose(col0_row1[:4], emb[1][:4]) and not torch.allclose(col0_row1[4:], emb[1][4:])
+    assert torch.allclose(col1_row0[4:], emb[1][4:]) and not torch.allclose(
+        col1_row0[:4], emb[1][:4]
+    )
+    assert torch.allclose(col0_row1[:4], emb[1][:4]) and not torch.allclose(
+        col0_row1[4:], emb[1][4:]
+    )
     assert torch.allclose(emb[1], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
 
 

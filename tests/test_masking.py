@@ -17,7 +17,9 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("ratio,n,expected", [(0.75, 196, 147), (0.6, 64, 38), (0.5, 7, 4), (0.0, 10, 0), (0.9, 10, 9)])
+@pytest.mark.parametrize(
+    "ratio,n,expected", [(0.75, 196, 147), (0.6, 64, 38), (0.5, 7, 4), (0.0, 10, 0), (0.9, 10, 9)]
+)
 def test_random_masker_hides_exact_count(ratio, n, expected):
     layout = TokenLayout.grid(5, 1, n)
     mask = RandomMasker(ratio)(layout, gen())
@@ -104,7 +106,9 @@ def test_gather_scatter_restore_round_trip():
     assert torch.equal(restore_order(visible, hidden, idx.ids_restore), x)
     # visible tokens keep their original order
     assert (idx.ids_keep.diff(dim=1) > 0).all()
-    assert torch.equal(~mask, scatter_tokens(torch.ones(b, 3, dtype=torch.bool), idx.ids_keep, n, False))
+    assert torch.equal(
+        ~mask, scatter_tokens(torch.ones(b, 3, dtype=torch.bool), idx.ids_keep, n, False)
+    )
     back = scatter_tokens(hidden, idx.ids_masked, n)
     assert torch.equal(back[mask], x[mask]) and (back[~mask] == 0).all()
 
@@ -117,10 +121,15 @@ def test_mask_indices_rejects_ragged_counts():
 
 @pytest.mark.parametrize("masker", [RandomMasker, BlockMasker])
 def test_a_ratio_that_hides_everything_is_refused(masker):
-    with pytest.raises(ValueError, match=r"masking.ratio=1.0: .* would hide every token and the encoder would see nothing"):
+    with pytest.raises(
+        ValueError,
+        match=r"masking.ratio=1.0: .* would hide every token and the encoder would see nothing",
+    ):
         masker(1.0)
     layout = TokenLayout.grid(2, 2, 2)  # 4 tokens: round(0.9 x 4) = 4, all of them
-    with pytest.raises(ValueError, match=r"masking.ratio=0.9: round\(ratio x 4 tokens\) hides every token"):
+    with pytest.raises(
+        ValueError, match=r"masking.ratio=0.9: round\(ratio x 4 tokens\) hides every token"
+    ):
         masker(0.9)(layout, gen())
     assert masker(0.6)(layout, gen()).sum(1).tolist() == [2, 2]
 
@@ -131,4 +140,6 @@ def test_full_masks_stay_allowed_where_they_mean_something():
     with pytest.raises(ValueError, match="masking.ratio=1.0"):
         RadialMasker(1.0)
     valid = torch.ones(2, 5, dtype=torch.bool)
-    assert WholeWordMasker(1.0)(TokenLayout.sequence(valid), gen()).all()  # MLM: the picture is still seen
+    assert WholeWordMasker(1.0)(
+        TokenLayout.sequence(valid), gen()
+    ).all()  # MLM: the picture is still seen

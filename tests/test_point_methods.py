@@ -8,8 +8,16 @@ from maskfm.methods.point_mae import PointMAE
 from maskfm.nn.chamfer import chamfer_l2
 from maskfm.nn.point_transformer import TransformerWithPos
 
-SMALL = dict(embed_dim=32, depth=2, num_heads=2, decoder_depth=1, decoder_num_heads=2,
-             num_groups=16, group_size=8, pointnet_hidden=(16, 32, 64))
+SMALL = dict(
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    num_groups=16,
+    group_size=8,
+    pointnet_hidden=(16, 32, 64),
+)
 
 
 def clouds(b=4, n=256, seed=0):
@@ -77,7 +85,9 @@ def test_double_mask_contrast_paper_and_released_definitions():
     paper = np.mean([1 - a[s, i] @ b[s, i] for s, i in pairs])
     released = np.mean([1 - a[s, i] @ b[s, j] + 1e-8 for s, i in pairs for j in range(5)])
     assert double_mask_contrast(f1, f2, both, "paper").item() == pytest.approx(paper, rel=1e-5)
-    assert double_mask_contrast(f1, f2, both, "released").item() == pytest.approx(released, rel=1e-5)
+    assert double_mask_contrast(f1, f2, both, "released").item() == pytest.approx(
+        released, rel=1e-5
+    )
     assert double_mask_contrast(f1, f2, torch.zeros_like(both)).item() == 0.0
     with pytest.raises(ValueError, match="contrast must be one of"):
         double_mask_contrast(f1, f2, both, "diagonal")
@@ -91,14 +101,18 @@ def test_point_cmae_two_independent_masks_two_decoders_weighted_loss():
     assert torch.allclose(out.loss, 1000 * (p["recon1"] + p["recon2"]) + p["contrast"])
     ids1 = {id(p) for p in model.decoder.parameters()}
     assert ids1.isdisjoint(id(p) for p in model.decoder2.parameters())  # separate weights
-    assert [p.shape for p in model.decoder.parameters()] == [p.shape for p in model.decoder2.parameters()]
+    assert [p.shape for p in model.decoder.parameters()] == [
+        p.shape for p in model.decoder2.parameters()
+    ]
     assert not torch.equal(model.decoder.head[0].weight, model.decoder2.head[0].weight)
     out.loss.backward()
     assert model.decoder2.head[0].weight.grad.abs().sum() > 0
     assert model.cls_token2.grad is not None
 
 
-def original_point_mae_state_dict(model: PointMAE, prefix: str = "module.") -> dict[str, torch.Tensor]:
+def original_point_mae_state_dict(
+    model: PointMAE, prefix: str = "module."
+) -> dict[str, torch.Tensor]:
     """The released pretrain.pth key layout (reference §5.1), filled with random values."""
     enc = model.encoder
     keys = {f"MAE_encoder.{k}": v.shape for k, v in enc.state_dict().items()}
@@ -106,12 +120,23 @@ def original_point_mae_state_dict(model: PointMAE, prefix: str = "module.") -> d
     for i in range(4):
         for k, v in model.decoder.blocks.blocks[i].state_dict().items():
             keys[f"MAE_decoder.blocks.{i}.{k}"] = v.shape
-    keys.update({"MAE_decoder.norm.weight": (384,), "MAE_decoder.norm.bias": (384,),
-                 "decoder_pos_embed.0.weight": (128, 3), "decoder_pos_embed.0.bias": (128,),
-                 "decoder_pos_embed.2.weight": (384, 128), "decoder_pos_embed.2.bias": (384,),
-                 "increase_dim.0.weight": (96, 384, 1), "increase_dim.0.bias": (96,)})
+    keys.update(
+        {
+            "MAE_decoder.norm.weight": (384,),
+            "MAE_decoder.norm.bias": (384,),
+            "decoder_pos_embed.0.weight": (128, 3),
+            "decoder_pos_embed.0.bias": (128,),
+            "decoder_pos_embed.2.weight": (384, 128),
+            "decoder_pos_embed.2.bias": (384,),
+            "increase_dim.0.weight": (96, 384, 1),
+            "increase_dim.0.bias": (96,),
+        }
+    )
     g = torch.Generator().manual_seed(3)
-    sd = {prefix + k: (torch.randn(s, generator=g) if len(s) else torch.tensor(7)) for k, s in keys.items()}
+    sd = {
+        prefix + k: (torch.randn(s, generator=g) if len(s) else torch.tensor(7))
+        for k, s in keys.items()
+    }
     for k in sd:
         if k.endswith("running_var"):  # a variance is positive
             sd[k] = sd[k].abs() + 0.5
@@ -130,8 +155,10 @@ def test_load_original_point_mae_checkpoint(tmp_path, prefix):
     own = model.state_dict()
     for key, value in point_mae_filter_fn(sd).items():
         assert torch.equal(own[key], value), key
-    assert torch.equal(own["encoder.blocks.blocks.11.attn.qkv.weight"],
-                       sd[prefix + "MAE_encoder.blocks.blocks.11.attn.qkv.weight"])
+    assert torch.equal(
+        own["encoder.blocks.blocks.11.attn.qkv.weight"],
+        sd[prefix + "MAE_encoder.blocks.blocks.11.attn.qkv.weight"],
+    )
 
 
 def test_load_reports_unexpected_keys_and_fails_on_shape_mismatch(tmp_path):
@@ -141,9 +168,14 @@ def test_load_reports_unexpected_keys_and_fails_on_shape_mismatch(tmp_path):
     torch.save({"base_model": sd}, tmp_path / "a.pth")
     report = load_point_mae_checkpoint(model, tmp_path / "a.pth")
     assert report.unexpected == ["encoder.cls_token1"]
-    sd["module.MAE_encoder.encoder.second_conv.3.weight"] = torch.zeros(256, 512, 1)  # Point-BERT width
+    sd["module.MAE_encoder.encoder.second_conv.3.weight"] = torch.zeros(
+        256, 512, 1
+    )  # Point-BERT width
     torch.save({"base_model": sd}, tmp_path / "b.pth")
-    with pytest.raises(ValueError, match=r"encoder.encoder.second_conv.3.weight: file \(256, 512, 1\) vs model \(384, 512, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder.encoder.second_conv.3.weight: file \(256, 512, 1\) vs model \(384, 512, 1\)",
+    ):
         load_point_mae_checkpoint(model, tmp_path / "b.pth")
 
 

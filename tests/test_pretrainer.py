@@ -12,8 +12,16 @@ from maskfm.methods.schedule import warmup_cosine
 
 
 def tiny_mae():
-    return MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
-               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    return MAE(
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens():
@@ -43,8 +51,11 @@ def test_warmup_cosine_schedule_values():
 
 def fake_trainer(batch_size=64, accumulate=2, world_size=4, total_steps=1000, max_epochs=10):
     return SimpleNamespace(
-        datamodule=SimpleNamespace(batch_size=batch_size), accumulate_grad_batches=accumulate,
-        world_size=world_size, estimated_stepping_batches=total_steps, max_epochs=max_epochs,
+        datamodule=SimpleNamespace(batch_size=batch_size),
+        accumulate_grad_batches=accumulate,
+        world_size=world_size,
+        estimated_stepping_batches=total_steps,
+        max_epochs=max_epochs,
     )
 
 
@@ -93,11 +104,21 @@ def test_masks_depend_on_seed_epoch_and_batch_index():
 
 def test_onecycle_schedule_as_openpcdet(monkeypatch):
     system = MaskedPretrainer(
-        tiny_mae(), optimizer=lambda groups, lr: torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99)),
-        base_lr=0.003, lr_reference_batch=0, weight_decay=0.01, schedule="onecycle", pct_start=0.4,
-        div_factor=10.0, final_div_factor=1e4, momentum_range=(0.85, 0.95), decay_all=True,
+        tiny_mae(),
+        optimizer=lambda groups, lr: torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99)),
+        base_lr=0.003,
+        lr_reference_batch=0,
+        weight_decay=0.01,
+        schedule="onecycle",
+        pct_start=0.4,
+        div_factor=10.0,
+        final_div_factor=1e4,
+        momentum_range=(0.85, 0.95),
+        decay_all=True,
     )
-    monkeypatch.setattr(MaskedPretrainer, "trainer", property(lambda self: fake_trainer(total_steps=100)))
+    monkeypatch.setattr(
+        MaskedPretrainer, "trainer", property(lambda self: fake_trainer(total_steps=100))
+    )
     conf = system.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     assert system.lr == 0.003 and len(opt.param_groups) == 1  # absolute lr; decay on everything

@@ -37,9 +37,17 @@ def test_sectors_follow_sensor_azimuth_in_metres():
     pos = torch.tensor([[10.0, 0.1, 0.0], [50.0, 0.5, 0.0], [-10.0, -0.1, 0.0]])
     sec = azimuth_sectors(pos, 5.0)
     assert sec[0] == sec[1] and sec[0] != sec[2] and sec[2] == 36
-    hidden = radial_mask(pos, torch.zeros(3, dtype=torch.long), 1, ratio=0.5, sector_deg=5.0,
-                         generator=torch.Generator().manual_seed(0))
-    assert hidden[0] == hidden[1] and hidden[0] != hidden[2]  # 2 occupied sectors, keep int(0.5 * 2) = 1
+    hidden = radial_mask(
+        pos,
+        torch.zeros(3, dtype=torch.long),
+        1,
+        ratio=0.5,
+        sector_deg=5.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (
+        hidden[0] == hidden[1] and hidden[0] != hidden[2]
+    )  # 2 occupied sectors, keep int(0.5 * 2) = 1
 
 
 def test_sector_width_and_reproducibility():
@@ -67,8 +75,17 @@ def test_released_mode_reproduces_grid_corner_angles_shared_draw_and_fallback():
     x_idx = ((flat[:, 0] - 0.0) / 0.05).floor()
     y_idx = ((flat[:, 1] + 40.0) / 0.05).floor()
     angle = torch.rad2deg(torch.atan2(x_idx, y_idx)) % 360
-    hidden = radial_mask(flat, batch, 2, ratio=0.8, sector_deg=1, generator=torch.Generator().manual_seed(1),
-                         mode="released", grid_min=(0.0, -40.0), voxel_size=(0.05, 0.05))
+    hidden = radial_mask(
+        flat,
+        batch,
+        2,
+        ratio=0.8,
+        sector_deg=1,
+        generator=torch.Generator().manual_seed(1),
+        mode="released",
+        grid_min=(0.0, -40.0),
+        voxel_size=(0.05, 0.05),
+    )
     kept_angles = angle[~hidden]
     if len(kept_angles) != int(0.1 * len(flat)):  # not the fallback: whole grid-corner wedges
         sectors = angle.floor()
@@ -76,8 +93,17 @@ def test_released_mode_reproduces_grid_corner_angles_shared_draw_and_fallback():
         assert torch.equal(~hidden, torch.isin(sectors, kept_sectors))  # shared across the batch
         assert len(kept_sectors) == int(0.2 * len(sectors.unique()))
     # with ratio 0.99 almost nothing survives: the fallback keeps exactly int(0.1 * N) voxels
-    hidden = radial_mask(flat, batch, 2, ratio=0.99, sector_deg=1, generator=torch.Generator().manual_seed(1),
-                         mode="released", grid_min=(0.0, -40.0), voxel_size=(0.05, 0.05))
+    hidden = radial_mask(
+        flat,
+        batch,
+        2,
+        ratio=0.99,
+        sector_deg=1,
+        generator=torch.Generator().manual_seed(1),
+        mode="released",
+        grid_min=(0.0, -40.0),
+        voxel_size=(0.05, 0.05),
+    )
     assert int((~hidden).sum()) == int(0.1 * len(flat))
     with pytest.raises(ValueError, match="needs grid_min"):
         radial_mask(flat, batch, 2, mode="released")
@@ -89,16 +115,37 @@ def test_range_aware_keeps_more_far_voxels_measured_in_metres():
     az = torch.rand(n, generator=g) * 2 * math.pi
     r = torch.rand(n, generator=g) * 80
     pos = torch.stack([r * az.cos(), r * az.sin(), torch.zeros(n)], dim=1)
-    hidden = radial_mask(pos, torch.zeros(n, dtype=torch.long), 1, ratio=0.0, sector_deg=1.0,
-                         generator=g, range_aware=True)
+    hidden = radial_mask(
+        pos,
+        torch.zeros(n, dtype=torch.long),
+        1,
+        ratio=0.0,
+        sector_deg=1.0,
+        generator=g,
+        range_aware=True,
+    )
     near, mid, far = r <= 30, (r > 30) & (r <= 50), r > 50
     # ratio 0: every sector kept; inside, keep probability 1.0 / 1.2 / 1.4 clamps to all kept
     assert not hidden.any()
-    hidden = radial_mask(pos, torch.zeros(n, dtype=torch.long), 1, ratio=0.9, sector_deg=360.0,
-                         generator=g, range_aware=True)  # one sector: int(0.1 * 1) = 0 kept ...
+    hidden = radial_mask(
+        pos,
+        torch.zeros(n, dtype=torch.long),
+        1,
+        ratio=0.9,
+        sector_deg=360.0,
+        generator=g,
+        range_aware=True,
+    )  # one sector: int(0.1 * 1) = 0 kept ...
     assert hidden.all()
-    hidden = radial_mask(pos, torch.zeros(n, dtype=torch.long), 1, ratio=0.5, sector_deg=180.0,
-                         generator=torch.Generator().manual_seed(2), range_aware=True)
+    hidden = radial_mask(
+        pos,
+        torch.zeros(n, dtype=torch.long),
+        1,
+        ratio=0.5,
+        sector_deg=180.0,
+        generator=torch.Generator().manual_seed(2),
+        range_aware=True,
+    )
     in_kept_half = ~hidden.clone()
     kept_sector = azimuth_sectors(pos, 180.0)[in_kept_half].unique()
     sel = azimuth_sectors(pos, 180.0) == kept_sector[0]
@@ -122,4 +169,6 @@ def test_released_range_bands_are_in_grid_index_units():
     pos = torch.tensor([[1.0, 0.0, 0.0], [20.0, 0.0, 0.0]])
     # KITTI grid corner (0, -40), 0.05 m voxels: y_idx = 800 for y = 0, so both are "far" (>50)
     d = grid_index_distance(pos, (0.0, -40.0), (0.05, 0.05))
-    assert d.min() > 50 and torch.allclose(d, torch.tensor([(20**2 + 800**2) ** 0.5, (400**2 + 800**2) ** 0.5]))
+    assert d.min() > 50 and torch.allclose(
+        d, torch.tensor([(20**2 + 800**2) ** 0.5, (400**2 + 800**2) ** 0.5])
+    )

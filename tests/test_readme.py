@@ -48,13 +48,29 @@ def readme_commands(text: str = README) -> list[str]:
 
 
 # Small sizes per method: the architecture kinds stay, the run takes seconds.
-MAE_SMALL = [*TINY_MAE, "trainer.max_steps=2", "data.batch_size=4", "callbacks.reconstructions.every_n_steps=1"]
-RMAE_SMALL = ["data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]", "data.voxel_size=[0.8,0.8,0.1]",
-              "data.batch_size=2", "trainer.max_steps=2", "eval.epochs=5"]
-POINT_SMALL = [o for o in TINY_POINTS if not o.startswith(("+experiment", "data.num_train", "data.num_val", "data.batch"))] + [
-    "data.batch_size=4", "trainer.max_steps=2"]
-M3AE_SMALL = [o for o in TINY_M3AE if not o.startswith(("+experiment", "data.num_train", "data.num_val", "data.batch"))] + [
-    "data.batch_size=2", "trainer.max_steps=2", "eval.num_pairs=4", "eval.num_samples=8"]
+MAE_SMALL = [
+    *TINY_MAE,
+    "trainer.max_steps=2",
+    "data.batch_size=4",
+    "callbacks.reconstructions.every_n_steps=1",
+]
+RMAE_SMALL = [
+    "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
+    "data.voxel_size=[0.8,0.8,0.1]",
+    "data.batch_size=2",
+    "trainer.max_steps=2",
+    "eval.epochs=5",
+]
+POINT_SMALL = [
+    o
+    for o in TINY_POINTS
+    if not o.startswith(("+experiment", "data.num_train", "data.num_val", "data.batch"))
+] + ["data.batch_size=4", "trainer.max_steps=2"]
+M3AE_SMALL = [
+    o
+    for o in TINY_M3AE
+    if not o.startswith(("+experiment", "data.num_train", "data.num_val", "data.batch"))
+] + ["data.batch_size=2", "trainer.max_steps=2", "eval.num_pairs=4", "eval.num_samples=8"]
 EMBEDDED_SIZES = ["data.num_train=16", "data.num_val=8"]  # only where the data source has them
 
 
@@ -84,7 +100,10 @@ def caption_folder(path: Path) -> Path:
     (path / "images").mkdir(parents=True)
     for i in range(4):
         (path / "images" / f"{i}.png").write_bytes(png((20 + 10 * i, 30)))
-    rows = [{"image": f"{i}.png", "caption": f"a small picture number {i} with a red square"} for i in range(4)]
+    rows = [
+        {"image": f"{i}.png", "caption": f"a small picture number {i} with a red square"}
+        for i in range(4)
+    ]
     for split in ("train", "val"):
         (path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
@@ -105,42 +124,117 @@ PLACEHOLDERS = {
 PLAN: dict[str, tuple[str, list[str], str | None]] = {
     "make train": ("cli", ["ARGS=" + " ".join([*MAE_SMALL, *EMBEDDED_SIZES])], None),
     "make test": ("dry", [], None),  # the suite itself
-    "python -m maskfm.train +experiment=mae model.size=small masking=block masking.ratio=0.6":
-        ("run", ["trainer.max_steps=2", "data.batch_size=4", *EMBEDDED_SIZES], None),
-    "python -m maskfm.train +experiment=mae data=imagefolder data.root=~/pictures data.img_size=224":
-        ("run", [*MAE_SMALL, "data.num_workers=0"], None),
+    "python -m maskfm.train +experiment=mae model.size=small masking=block masking.ratio=0.6": (
+        "run",
+        ["trainer.max_steps=2", "data.batch_size=4", *EMBEDDED_SIZES],
+        None,
+    ),
+    "python -m maskfm.train +experiment=mae data=imagefolder data.root=~/pictures data.img_size=224": (
+        "run",
+        [*MAE_SMALL, "data.num_workers=0"],
+        None,
+    ),
     "python -m maskfm.train +experiment=mae trainer=gpu data.batch_size=256": ("compose", [], None),
-    "python -m maskfm.train +experiment=mae logger=wandb": ("run", [*MAE_SMALL, *EMBEDDED_SIZES], None),
-    "python -m maskfm.train +experiment=mae trainer=debug": ("run", [*MAE_SMALL, *EMBEDDED_SIZES], None),
-    "python -m maskfm.train +experiment=point_cmae trainer=ddp trainer.devices=8": ("compose", [], None),
-    "python -m maskfm.train +experiment=point_mae trainer=ddp_cpu": ("compose", [], None),  # tests/test_ddp.py runs it
+    "python -m maskfm.train +experiment=mae logger=wandb": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES],
+        None,
+    ),
+    "python -m maskfm.train +experiment=mae trainer=debug": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES],
+        None,
+    ),
+    "python -m maskfm.train +experiment=point_cmae trainer=ddp trainer.devices=8": (
+        "compose",
+        [],
+        None,
+    ),
+    "python -m maskfm.train +experiment=point_mae trainer=ddp_cpu": (
+        "compose",
+        [],
+        None,
+    ),  # tests/test_ddp.py runs it
     "python -m maskfm.train +experiment=mae --cfg job": ("compose", [], None),
-    "python -m maskfm.train +experiment=point_mae data=modelnet40 data.root=/data/ModelNet/modelnet40_normal_resampled":
-        ("run", [*POINT_SMALL, "data.num_workers=0", "data.num_points=64", "model.num_groups=8", "model.group_size=8"],
-         None),
-    "python -m maskfm.train +experiment=rmae data=kitti data.root=/data/kitti":
-        ("run", ["data.voxel_size=[0.4,0.4,0.1]", "data.batch_size=2", "trainer.max_steps=2", "data.num_workers=0"],
-         None),  # the whole KITTI range: the fixture's points spread over 60 m
-    "python -m maskfm.train +experiment=m3ae data=caption_folder data.root=/data/captions":
-        ("run", [*M3AE_SMALL, "data.num_workers=0", "data.img_size=32"], None),
-    "python -m maskfm.evaluate +experiment=point_mae eval=svm ckpt_path=last":
-        ("run", [*POINT_SMALL, *EMBEDDED_SIZES], "point_mae"),
-    "python -m maskfm.evaluate +experiment=point_mae eval=svm": ("run", [*POINT_SMALL, *EMBEDDED_SIZES], None),
-    "python -m maskfm.evaluate +experiment=rmae eval=voxel_probe ckpt_path=last":
-        ("run", [*RMAE_SMALL, "data.num_train=2", "data.num_val=2"], "rmae"),
-    "python -m maskfm.evaluate +experiment=m3ae eval=mlm_probe ckpt_path=last":
-        ("run", [*M3AE_SMALL, *EMBEDDED_SIZES], "m3ae"),
-    "python -m maskfm.evaluate +experiment=m3ae eval=retrieval ckpt_path=last":
-        ("run", [*M3AE_SMALL, *EMBEDDED_SIZES], "m3ae"),
+    "python -m maskfm.train +experiment=point_mae data=modelnet40 data.root=/data/ModelNet/modelnet40_normal_resampled": (
+        "run",
+        [
+            *POINT_SMALL,
+            "data.num_workers=0",
+            "data.num_points=64",
+            "model.num_groups=8",
+            "model.group_size=8",
+        ],
+        None,
+    ),
+    "python -m maskfm.train +experiment=rmae data=kitti data.root=/data/kitti": (
+        "run",
+        [
+            "data.voxel_size=[0.4,0.4,0.1]",
+            "data.batch_size=2",
+            "trainer.max_steps=2",
+            "data.num_workers=0",
+        ],
+        None,
+    ),  # the whole KITTI range: the fixture's points spread over 60 m
+    "python -m maskfm.train +experiment=m3ae data=caption_folder data.root=/data/captions": (
+        "run",
+        [*M3AE_SMALL, "data.num_workers=0", "data.img_size=32"],
+        None,
+    ),
+    "python -m maskfm.evaluate +experiment=point_mae eval=svm ckpt_path=last": (
+        "run",
+        [*POINT_SMALL, *EMBEDDED_SIZES],
+        "point_mae",
+    ),
+    "python -m maskfm.evaluate +experiment=point_mae eval=svm": (
+        "run",
+        [*POINT_SMALL, *EMBEDDED_SIZES],
+        None,
+    ),
+    "python -m maskfm.evaluate +experiment=rmae eval=voxel_probe ckpt_path=last": (
+        "run",
+        [*RMAE_SMALL, "data.num_train=2", "data.num_val=2"],
+        "rmae",
+    ),
+    "python -m maskfm.evaluate +experiment=m3ae eval=mlm_probe ckpt_path=last": (
+        "run",
+        [*M3AE_SMALL, *EMBEDDED_SIZES],
+        "m3ae",
+    ),
+    "python -m maskfm.evaluate +experiment=m3ae eval=retrieval ckpt_path=last": (
+        "run",
+        [*M3AE_SMALL, *EMBEDDED_SIZES],
+        "m3ae",
+    ),
     "python -m maskfm.evaluate +experiment=point_mae_shapenet eval=svm trainer=cpu data=modelnet40 "
-    "data.root=/data/ModelNet/modelnet40_normal_resampled ckpt_path=/path/to/Point-MAE/pretrain.pth":
-        ("run", ["data.batch_size=3", "data.num_workers=0", "data.num_points=64"], None),
-    "python -m maskfm.train -m +experiment=mae masking.ratio=0.6,0.7 launcher=slurm hydra.launcher.partition=gpu":
-        ("compose", [], None),  # tests/test_slurm.py submits sweeps to the real cluster
-    "python -m maskfm.train +experiment=mae trainer=ddp trainer.devices=8 trainer.num_nodes=2 launcher=slurm":
-        ("compose", [], None),
-    "python -m maskfm.bench +experiment=mae": ("run", ["model.depth=1", "data.batch_size=4", "bench.steps=1",
-                                                       "bench.warmup_steps=0", "bench.device=cpu", *EMBEDDED_SIZES], None),
+    "data.root=/data/ModelNet/modelnet40_normal_resampled ckpt_path=/path/to/Point-MAE/pretrain.pth": (
+        "run",
+        ["data.batch_size=3", "data.num_workers=0", "data.num_points=64"],
+        None,
+    ),
+    "python -m maskfm.train -m +experiment=mae masking.ratio=0.6,0.7 launcher=slurm hydra.launcher.partition=gpu": (
+        "compose",
+        [],
+        None,
+    ),  # tests/test_slurm.py submits sweeps to the real cluster
+    "python -m maskfm.train +experiment=mae trainer=ddp trainer.devices=8 trainer.num_nodes=2 launcher=slurm": (
+        "compose",
+        [],
+        None,
+    ),
+    "python -m maskfm.bench +experiment=mae": (
+        "run",
+        [
+            "model.depth=1",
+            "data.batch_size=4",
+            "bench.steps=1",
+            "bench.warmup_steps=0",
+            "bench.device=cpu",
+            *EMBEDDED_SIZES,
+        ],
+        None,
+    ),
     "make test-fast": ("dry", [], None),
     "make lint": ("cli", [], None),
 }
@@ -167,23 +261,39 @@ def substitute(args: list[str], data: Path) -> list[str]:
     return out
 
 
-def compose_for(config_name: str, overrides: list[str], tmp_path: Path, hydra_config: bool = False,
-                output_dir: Path | None = None):
+def compose_for(
+    config_name: str,
+    overrides: list[str],
+    tmp_path: Path,
+    hydra_config: bool = False,
+    output_dir: Path | None = None,
+):
     register_resolvers()
-    paths = [f"paths.log_dir={tmp_path}/runs", f"paths.output_dir={output_dir or tmp_path / 'run'}",
-             f"paths.data_dir={tmp_path}/data"]
+    paths = [
+        f"paths.log_dir={tmp_path}/runs",
+        f"paths.output_dir={output_dir or tmp_path / 'run'}",
+        f"paths.data_dir={tmp_path}/data",
+    ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name, overrides=[*overrides, *paths, "print_config=false"],
-                       return_hydra_config=hydra_config)
+        return compose(
+            config_name,
+            overrides=[*overrides, *paths, "print_config=false"],
+            return_hydra_config=hydra_config,
+        )
 
 
 def existing(cfg, overrides: list[str]) -> list[str]:
     """Keep only the size overrides whose key the composed config has (data sources differ)."""
-    return [o for o in overrides if OmegaConf.select(cfg, o.split("=", 1)[0].lstrip("+")) is not None
-            or o.startswith("+")]
+    return [
+        o
+        for o in overrides
+        if OmegaConf.select(cfg, o.split("=", 1)[0].lstrip("+")) is not None or o.startswith("+")
+    ]
 
 
-def run_in_process(command: str, extras: list[str], train_first: str | None, tmp_path: Path, monkeypatch):
+def run_in_process(
+    command: str, extras: list[str], train_first: str | None, tmp_path: Path, monkeypatch
+):
     words = shlex.split(command)
     module, args = words[2], words[3:]
     args = substitute(args, tmp_path / "data")
@@ -193,14 +303,20 @@ def run_in_process(command: str, extras: list[str], train_first: str | None, tmp
     if train_first:  # ckpt_path=last: a training run of that experiment in the same log directory
         base = [a for a in args if a.startswith("+experiment=")]
         cfg = compose_for("train", base + ["trainer.max_steps=2"], tmp_path)
-        cfg = compose_for("train", base + existing(cfg, [e for e in extras if not e.startswith("eval.")]), tmp_path,
-                          output_dir=tmp_path / "runs" / "train" / train_first / "2026-01-01_00-00-00_000000")
+        cfg = compose_for(
+            "train",
+            base + existing(cfg, [e for e in extras if not e.startswith("eval.")]),
+            tmp_path,
+            output_dir=tmp_path / "runs" / "train" / train_first / "2026-01-01_00-00-00_000000",
+        )
         train(cfg)
     probe = compose_for(entry, args, tmp_path)
     cfg = compose_for(entry, args + existing(probe, extras), tmp_path)
     if entry == "train":
         metrics, objects = train(cfg)
-        assert objects["trainer"].global_step >= 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+        assert objects["trainer"].global_step >= 1 and torch.isfinite(
+            torch.tensor(metrics["train/loss"])
+        )
         assert (tmp_path / "run" / "metrics.csv").is_file()
     elif entry == "evaluate":
         result = evaluate(cfg)
@@ -219,15 +335,24 @@ def compose_only(command: str, tmp_path: Path):
     words = shlex.split(command)
     entry = words[2].rsplit(".", 1)[-1]
     args = [w for w in words[3:] if w not in ("-m", "--cfg", "job")]
-    sweeps = [a for a in args if "," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[")]
-    for value_set in ([a.split("=", 1)[0] + "=" + v for v in a.split("=", 1)[1].split(",")] for a in sweeps):
+    sweeps = [
+        a for a in args if "," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[")
+    ]
+    for value_set in (
+        [a.split("=", 1)[0] + "=" + v for v in a.split("=", 1)[1].split(",")] for a in sweeps
+    ):
         for one in value_set:  # each job of a -m sweep composes
-            cfg = compose_for(entry, [x for x in args if x not in sweeps] + [one], tmp_path, hydra_config=True)
+            cfg = compose_for(
+                entry, [x for x in args if x not in sweeps] + [one], tmp_path, hydra_config=True
+            )
     cfg = compose_for(entry, [x for x in args if x not in sweeps], tmp_path, hydra_config=True)
     if "launcher=slurm" in args:
         launcher = cfg.hydra.launcher
         assert launcher._target_.endswith("SlurmLauncher")
-        assert launcher.tasks_per_node == cfg.trainer.devices and launcher.nodes == cfg.trainer.num_nodes
+        assert (
+            launcher.tasks_per_node == cfg.trainer.devices
+            and launcher.nodes == cfg.trainer.num_nodes
+        )
     if "trainer.devices=8" in args:
         assert cfg.trainer.devices == 8
 
@@ -241,12 +366,18 @@ def test_readme_command_runs(command, tmp_path, monkeypatch):
     elif how == "compose":
         compose_only(command, tmp_path)
     elif how == "dry":
-        proc = subprocess.run(["make", "-n", *shlex.split(command)[1:]], cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(
+            ["make", "-n", *shlex.split(command)[1:]], cwd=REPO, capture_output=True, text=True
+        )
         assert proc.returncode == 0 and "pytest" in proc.stdout, proc.stderr
     else:  # cli: the real command, from the repository root as a user types it
         words = shlex.split(command)
         if words[:2] == ["make", "train"]:
-            words = ["make", "train", f"ARGS={extras[0].split('=', 1)[1]} paths.log_dir={tmp_path}/runs"]
+            words = [
+                "make",
+                "train",
+                f"ARGS={extras[0].split('=', 1)[1]} paths.log_dir={tmp_path}/runs",
+            ]
         proc = subprocess.run(words, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         if words[:2] == ["make", "train"]:

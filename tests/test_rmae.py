@@ -15,7 +15,9 @@ SMALL = dict(point_cloud_range=[0.0, -6.4, -3.0, 12.8, 6.4, 1.0], voxel_size=[0.
 
 @pytest.fixture(scope="module")
 def batch():
-    dm = LidarDataModule(dataset="synthetic", num_train=2, num_val=2, batch_size=2, max_voxels=0, **SMALL)
+    dm = LidarDataModule(
+        dataset="synthetic", num_train=2, num_val=2, batch_size=2, max_voxels=0, **SMALL
+    )
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
@@ -73,9 +75,13 @@ def test_dense_decoder_loss_is_bce_over_every_cell(batch):
     target = torch.zeros(2, 41, 16, 16)
     for b, z, y, x in batch["voxel_coords"].tolist():
         target[b, z, y, x] = 1.0
-    assert target.sum() == len(batch["voxel_coords"]) > out.mask.sum() > 0  # hidden voxels are targets too
+    assert (
+        target.sum() == len(batch["voxel_coords"]) > out.mask.sum() > 0
+    )  # hidden voxels are targets too
     by_hand = (logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))).mean()
-    assert torch.allclose(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, target), atol=1e-6)
+    assert torch.allclose(
+        out.loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, target), atol=1e-6
+    )
     assert torch.allclose(out.loss, by_hand, atol=1e-6)
 
 
@@ -92,9 +98,17 @@ def test_voxel_centres_are_metric_and_features_cover_every_voxel(batch):
 def test_rmae_checkpoint_loads_with_weights_only(compose_train, tmp_path):
     from maskfm.train import train
 
-    cfg = compose_train(["+experiment=rmae", "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
-                         "data.voxel_size=[0.8,0.8,0.1]", "data.num_train=2", "data.num_val=2",
-                         "trainer.max_steps=1", "logger=none"])
+    cfg = compose_train(
+        [
+            "+experiment=rmae",
+            "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
+            "data.voxel_size=[0.8,0.8,0.1]",
+            "data.num_train=2",
+            "data.num_val=2",
+            "trainer.max_steps=1",
+            "logger=none",
+        ]
+    )
     train(cfg)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1
@@ -106,11 +120,22 @@ def test_voxel_probe_evaluation_writes_eval_json(compose_train, tmp_path):
 
     from maskfm.evaluate import evaluate
 
-    cfg = compose_train(["+experiment=rmae", "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
-                         "data.voxel_size=[0.8,0.8,0.1]", "data.num_train=2", "data.num_val=2",
-                         "eval=voxel_probe", "eval.epochs=5"], config_name="evaluate")
+    cfg = compose_train(
+        [
+            "+experiment=rmae",
+            "data.point_cloud_range=[0.0,-6.4,-3.0,12.8,6.4,1.0]",
+            "data.voxel_size=[0.8,0.8,0.1]",
+            "data.num_train=2",
+            "data.num_val=2",
+            "eval=voxel_probe",
+            "eval.epochs=5",
+        ],
+        config_name="evaluate",
+    )
     result = evaluate(cfg)
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["eval"] == "voxel_probe" and saved["checkpoint"] is None
     assert 0 <= saved["miou"] <= 100 and saved["num_test_voxels"] > 0
-    assert set(saved["iou"]) <= {"ground", "car", "building", "pole"} and result["feature_dim"] == 304
+    assert (
+        set(saved["iou"]) <= {"ground", "car", "building", "pole"} and result["feature_dim"] == 304
+    )

@@ -35,27 +35,50 @@ from tests.helpers import TINY_MAE, run_train_cli
 
 REPO = Path(__file__).resolve().parent.parent
 START_SCRIPT = REPO / ".ci" / "slurm" / "start.sh"
-SLURM_CONF = Path(os.environ.get("MASKFM_SLURM_DIR", "/var/lib/maskfm-slurm")) / "etc" / "slurm.conf"
+SLURM_CONF = (
+    Path(os.environ.get("MASKFM_SLURM_DIR", "/var/lib/maskfm-slurm")) / "etc" / "slurm.conf"
+)
 
 STEPS_PER_EPOCH = 8  # 64 pictures / batch 8
 EPOCHS = 3
 # Tiny MAE on 32 px pictures, one CPU per job (two jobs share the 2-core test machine).
 SWEEP = [
-    "-m", "+experiment=mae", *TINY_MAE,
-    "data.img_size=32", "data.num_train=64", "data.num_val=8", "data.batch_size=8",
-    f"trainer.max_epochs={EPOCHS}", "trainer.log_every_n_steps=1", "optim.warmup_epochs=0.5",
-    "callbacks.progress.force=lines", "print_config=false", "torch_threads=1",
-    "launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=10",
-    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+    "-m",
+    "+experiment=mae",
+    *TINY_MAE,
+    "data.img_size=32",
+    "data.num_train=64",
+    "data.num_val=8",
+    "data.batch_size=8",
+    f"trainer.max_epochs={EPOCHS}",
+    "trainer.log_every_n_steps=1",
+    "optim.warmup_epochs=0.5",
+    "callbacks.progress.force=lines",
+    "print_config=false",
+    "torch_threads=1",
+    "launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
 ]
 
 
 # --- without a cluster -------------------------------------------------------------------------
 
+
 def test_launcher_resources_follow_the_trainer():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
-    gpu = compose_with_hydra(["+experiment=mae", "launcher=slurm", "trainer=ddp", "trainer.devices=8",
-                              "trainer.num_nodes=2", "hydra.launcher.partition=gpu"])
+    gpu = compose_with_hydra(
+        [
+            "+experiment=mae",
+            "launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=8",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+        ]
+    )
     launcher = gpu.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and gpu.hydra.mode.name == "MULTIRUN"
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
@@ -96,9 +119,22 @@ def test_a_sweep_claims_one_directory_per_process(tmp_path):
 
 @pytest.mark.slow
 def test_local_sweep_runs_each_job_in_its_own_subdirectory(tmp_path):
-    run_train_cli(["-m", *TINY_MAE, "+experiment=mae", "data.img_size=32", "data.num_train=16",
-                   "data.num_val=8", "data.batch_size=8", "trainer.max_steps=1", "logger=none",
-                   "print_config=false", "masking.ratio=0.6,0.7"], cwd=tmp_path)
+    run_train_cli(
+        [
+            "-m",
+            *TINY_MAE,
+            "+experiment=mae",
+            "data.img_size=32",
+            "data.num_train=16",
+            "data.num_val=8",
+            "data.batch_size=8",
+            "trainer.max_steps=1",
+            "logger=none",
+            "print_config=false",
+            "masking.ratio=0.6,0.7",
+        ],
+        cwd=tmp_path,
+    )
     (sweep,) = (tmp_path / "runs" / "train" / "mae").iterdir()  # nothing else: no stray run dir
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
     assert [OmegaConf.load(sweep / n / "config.yaml").masking.ratio for n in "01"] == [0.6, 0.7]
@@ -106,18 +142,34 @@ def test_local_sweep_runs_each_job_in_its_own_subdirectory(tmp_path):
 
 
 # 8 steps per epoch, 2 epochs; the test callback signals this process at step 5.
-IN_PROCESS = [*TINY_MAE, "+experiment=mae", "data.img_size=32", "data.num_train=64", "data.num_val=8",
-              "data.batch_size=8", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
-              "optim.warmup_epochs=0.5", "callbacks.reconstructions.every_n_steps=1000"]
+IN_PROCESS = [
+    *TINY_MAE,
+    "+experiment=mae",
+    "data.img_size=32",
+    "data.num_train=64",
+    "data.num_val=8",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "optim.warmup_epochs=0.5",
+    "callbacks.reconstructions.every_n_steps=1000",
+]
 
 
 @pytest.fixture
 def fake_slurm_job(monkeypatch, tmp_path):
     """This process looks like task 0 of SLURM job 4242; ``scontrol`` records its arguments."""
-    for key, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
-                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-                       "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train-mae",
-                       "SLURM_NODELIST": "localhost"}.items():
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "train-mae",
+        "SLURM_NODELIST": "localhost",
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(key, raising=False)
@@ -130,9 +182,13 @@ def fake_slurm_job(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_requeue_signal_saves_between_steps_and_the_requeued_job_resumes(compose_train, fake_slurm_job,
-                                                                          monkeypatch):
-    signal_at_5 = ["+callbacks.sig._target_=tests.slurm_helpers.SignalAtStep", "+callbacks.sig.step=5"]
+def test_requeue_signal_saves_between_steps_and_the_requeued_job_resumes(
+    compose_train, fake_slurm_job, monkeypatch
+):
+    signal_at_5 = [
+        "+callbacks.sig._target_=tests.slurm_helpers.SignalAtStep",
+        "+callbacks.sig.step=5",
+    ]
     cfg = compose_train([*IN_PROCESS, *signal_at_5])
     run_dir = Path(cfg.paths.output_dir)
     previous_handler = signal.getsignal(signal.SIGUSR1)
@@ -170,24 +226,39 @@ def cluster_is_up(env: dict) -> bool:
 
 # --- on the test cluster ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def slurm_env() -> dict:
     """The environment for commands on the test cluster, which is started if it is not running."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra: "
-                        "pip install -e '.[slurm]'")
-    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF), "PYTHONUNBUFFERED": "1",
-           # the jobs import tests.slurm_helpers
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher",
+        reason="needs the slurm extra: pip install -e '.[slurm]'",
+    )
+    env = {
+        **os.environ,
+        "SLURM_CONF": str(SLURM_CONF),
+        "PYTHONUNBUFFERED": "1",
+        # the jobs import tests.slurm_helpers
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     if cluster_is_up(env):
         return env
     if os.geteuid() != 0:
-        pytest.skip("no SLURM test cluster is running and starting one needs root: sudo .ci/slurm/start.sh")
+        pytest.skip(
+            "no SLURM test cluster is running and starting one needs root: sudo .ci/slurm/start.sh"
+        )
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
-        pytest.skip("no SLURM test cluster: .ci/slurm/start.sh installs Debian's packages, and this "
-                    "machine has no apt-get")
-    started = subprocess.run(["bash", str(START_SCRIPT)], capture_output=True, text=True, timeout=900)
+        pytest.skip(
+            "no SLURM test cluster: .ci/slurm/start.sh installs Debian's packages, and this "
+            "machine has no apt-get"
+        )
+    started = subprocess.run(
+        ["bash", str(START_SCRIPT)], capture_output=True, text=True, timeout=900
+    )
     if started.returncode != 0 or not cluster_is_up(env):
-        pytest.fail(f"{START_SCRIPT} failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
+        pytest.fail(
+            f"{START_SCRIPT} failed ({started.returncode}):\n{started.stdout}\n{started.stderr}"
+        )
     return env
 
 
@@ -200,8 +271,13 @@ class Sweep:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "maskfm.train", *args, f"hydra.launcher.name={name}"],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.output = ""
         self.elapsed = None
         self.signalled_at = None  # the step a job had reached when the test signalled it
@@ -226,7 +302,9 @@ class Sweep:
                 break
             time.sleep(0.2)
         self.finish(timeout=5)
-        pytest.fail(f"{what} did not happen (sweep rc={self.proc.returncode}):\n{self.output[-5000:]}")
+        pytest.fail(
+            f"{what} did not happen (sweep rc={self.proc.returncode}):\n{self.output[-5000:]}"
+        )
 
     def finish(self, timeout: float = 300) -> int:
         try:
@@ -263,10 +341,17 @@ def slurm_job(job_id: str, env: dict) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def requeued_sweep(slurm_env, tmp_path_factory) -> Sweep:
     """A two-job sweep; job 0 gets SLURM's requeue signal (USR1) in its first epoch."""
-    slow = ["+callbacks.slow._target_=tests.slurm_helpers.SlowSteps", "+callbacks.slow.seconds=0.3",
-            "+callbacks.slow.progress_file=${paths.output_dir}/progress.txt"]
-    sweep = Sweep([*SWEEP, *slow, "masking.ratio=0.6,0.7"], tmp_path_factory.mktemp("sweep"),
-                  slurm_env, name=f"maskfm-test-requeue-{os.getpid()}")
+    slow = [
+        "+callbacks.slow._target_=tests.slurm_helpers.SlowSteps",
+        "+callbacks.slow.seconds=0.3",
+        "+callbacks.slow.progress_file=${paths.output_dir}/progress.txt",
+    ]
+    sweep = Sweep(
+        [*SWEEP, *slow, "masking.ratio=0.6,0.7"],
+        tmp_path_factory.mktemp("sweep"),
+        slurm_env,
+        name=f"maskfm-test-requeue-{os.getpid()}",
+    )
 
     def job0_in_training() -> str | None:
         step = progress(sweep.dir / "0") if sweep.dir else None
@@ -304,7 +389,9 @@ def test_sweep_runs_every_job_in_its_own_directory(requeued_sweep, slurm_env):
         final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
         assert final["global_step"] == EPOCHS * STEPS_PER_EPOCH and final["epoch"] == EPOCHS
         assert train_steps(run_dir) == list(range(EPOCHS * STEPS_PER_EPOCH))  # each step once
-        assert (run_dir / "train.log").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+        assert (run_dir / "train.log").is_file() and (
+            run_dir / ".hydra" / "overrides.yaml"
+        ).is_file()
 
 
 @pytest.mark.slow
@@ -312,8 +399,11 @@ def test_requeue_signal_saves_requeues_and_resumes_in_the_same_directory(requeue
     sweep = requeued_sweep
     job0, job1 = sweep.job_id(0), sweep.job_id(1)
     log0 = "".join(p.read_text() for p in sorted((sweep.dir / ".submitit" / job0).glob("*_log.*")))
-    stopped = re.search(r"Got SIGUSR1: stopping after step (\d+) to save a checkpoint and requeue job "
-                        + re.escape(job0), log0)
+    stopped = re.search(
+        r"Got SIGUSR1: stopping after step (\d+) to save a checkpoint and requeue job "
+        + re.escape(job0),
+        log0,
+    )
     assert stopped, log0[-4000:]
     step = int(stopped.group(1))
     assert sweep.signalled_at <= step < EPOCHS * STEPS_PER_EPOCH
@@ -324,30 +414,48 @@ def test_requeue_signal_saves_requeues_and_resumes_in_the_same_directory(requeue
     assert slurm_job(job0, slurm_env)["Restarts"] == "1"
     assert slurm_job(job1, slurm_env)["Restarts"] == "0"
     # The uninterrupted job 1 and the requeued job 0 end at the same global step.
-    final = [torch.load(sweep.dir / n / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-             for n in ("0", "1")]
+    final = [
+        torch.load(sweep.dir / n / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        for n in ("0", "1")
+    ]
     assert final == [EPOCHS * STEPS_PER_EPOCH] * 2
     print(f"sweep with a requeue: {sweep.elapsed:.1f} s; job {job0} stopped after step {step}")
 
 
 @pytest.mark.slow
 def test_job_that_dies_hard_fails_the_sweep_promptly(slurm_env, tmp_path):
-    die = ["+callbacks.die._target_=tests.slurm_helpers.DieAtStep", "+callbacks.die.step=2,1000",
-           "trainer.max_epochs=1"]
+    die = [
+        "+callbacks.die._target_=tests.slurm_helpers.DieAtStep",
+        "+callbacks.die.step=2,1000",
+        "trainer.max_epochs=1",
+    ]
     sweep = Sweep([*SWEEP, *die], tmp_path, slurm_env, name=f"maskfm-test-crash-{os.getpid()}")
     assert sweep.finish(timeout=240) != 0
     job0 = sweep.job_id(0)
     # submitit asks sacct, sees FAILED, and names the job that left no result.
-    assert re.search(rf"Job {job0} .*has not produced any output \(state: FAILED\)", sweep.output,
-                     re.DOTALL), sweep.output[-5000:]
+    assert re.search(
+        rf"Job {job0} .*has not produced any output \(state: FAILED\)", sweep.output, re.DOTALL
+    ), sweep.output[-5000:]
     assert sweep.elapsed < 120, f"the sweep took {sweep.elapsed:.0f} s to notice the dead job"
     print(f"dead job noticed after {sweep.elapsed:.1f} s")
 
 
 # --- defaults that follow the job, and a refused submission in one line -------------------------
 
-@pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("infinite", None), ("1:00:00", 60), ("30:00", 30),
-                                         ("2-00:00:00", 2880), ("1-12", 2160), ("45", 45), ("0:30:30", 31)])
+
+@pytest.mark.parametrize(
+    "text,minutes",
+    [
+        ("UNLIMITED", None),
+        ("infinite", None),
+        ("1:00:00", 60),
+        ("30:00", 30),
+        ("2-00:00:00", 2880),
+        ("1-12", 2160),
+        ("45", 45),
+        ("0:30:30", 31),
+    ],
+)
 def test_slurm_time_formats(text, minutes):
     from maskfm.slurm import parse_slurm_minutes
 
@@ -357,48 +465,97 @@ def test_slurm_time_formats(text, minutes):
 def test_sbatch_refusals_name_the_launcher_key():
     from maskfm.slurm import sbatch_refusal_message
 
-    msg = sbatch_refusal_message("sbatch: error: Batch job submission failed: More processors requested than "
-                                 "permitted", {"cpus_per_task": 8})
-    assert msg == ("sbatch refused the job: 'Batch job submission failed: More processors requested than "
-                   "permitted'; change hydra.launcher.cpus_per_task (now 8)")
+    msg = sbatch_refusal_message(
+        "sbatch: error: Batch job submission failed: More processors requested than permitted",
+        {"cpus_per_task": 8},
+    )
+    assert msg == (
+        "sbatch refused the job: 'Batch job submission failed: More processors requested than "
+        "permitted'; change hydra.launcher.cpus_per_task (now 8)"
+    )
     assert "hydra.launcher.timeout_min (now 1440)" in sbatch_refusal_message(
-        "sbatch: error: Requested time limit is invalid (missing or exceeds some limit)", {"timeout_min": 1440})
+        "sbatch: error: Requested time limit is invalid (missing or exceeds some limit)",
+        {"timeout_min": 1440},
+    )
 
 
 def test_cpus_follow_the_data_workers_and_time_the_partition(slurm_env, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     from maskfm.slurm import partition_time_limit
 
-    assert partition_time_limit("debug") == partition_time_limit(None) == 60  # the test cluster's MaxTime
+    assert (
+        partition_time_limit("debug") == partition_time_limit(None) == 60
+    )  # the test cluster's MaxTime
     assert partition_time_limit("no-such-partition") == 1440
     cfg = compose_with_hydra(["+experiment=mae", "launcher=slurm"])
     assert cfg.hydra.launcher.cpus_per_task == cfg.data.num_workers + 1 == 1
     assert cfg.hydra.launcher.timeout_min == 60
-    cfg = compose_with_hydra(["+experiment=mae", "launcher=slurm", "data=imagefolder", "data.root=/x"])
+    cfg = compose_with_hydra(
+        ["+experiment=mae", "launcher=slurm", "data=imagefolder", "data.root=/x"]
+    )
     assert cfg.hydra.launcher.cpus_per_task == 9  # 8 loader workers + the rank
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override,key", [("hydra.launcher.cpus_per_task=8", "cpus_per_task (now 8)"),
-                                          ("hydra.launcher.timeout_min=1440", "timeout_min (now 1440)")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("hydra.launcher.cpus_per_task=8", "cpus_per_task (now 8)"),
+        ("hydra.launcher.timeout_min=1440", "timeout_min (now 1440)"),
+    ],
+)
 def test_a_refused_submission_ends_in_one_line(slurm_env, tmp_path, override, key):
-    args = [sys.executable, "-m", "maskfm.train", "-m", "+experiment=mae", *TINY_MAE, "masking.ratio=0.6,0.7",
-            "launcher=slurm", override, f"paths.log_dir={tmp_path}/runs", "print_config=false"]
-    proc = subprocess.run(args, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120)
+    args = [
+        sys.executable,
+        "-m",
+        "maskfm.train",
+        "-m",
+        "+experiment=mae",
+        *TINY_MAE,
+        "masking.ratio=0.6,0.7",
+        "launcher=slurm",
+        override,
+        f"paths.log_dir={tmp_path}/runs",
+        "print_config=false",
+    ]
+    proc = subprocess.run(
+        args, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: sbatch refused the job: '") and key in errors[0]
+    assert (
+        len(errors) == 1
+        and errors[0].startswith("error: sbatch refused the job: '")
+        and key in errors[0]
+    )
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_the_readme_sweep_runs_with_the_defaults_on_a_small_cluster(slurm_env, tmp_path):
     """The README's sweep on a 2-CPU node with a 1-hour partition: no resource option needed."""
-    args = [sys.executable, "-m", "maskfm.train", "-m", "+experiment=mae", *TINY_MAE, "masking.ratio=0.6,0.7",
-            "launcher=slurm", "data.img_size=32", "data.num_train=16", "data.num_val=8", "data.batch_size=8",
-            "trainer.max_steps=2", "callbacks.reconstructions.every_n_steps=0", "torch_threads=1",
-            f"paths.log_dir={tmp_path}/runs", "print_config=false"]
-    proc = subprocess.run(args, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=240)
+    args = [
+        sys.executable,
+        "-m",
+        "maskfm.train",
+        "-m",
+        "+experiment=mae",
+        *TINY_MAE,
+        "masking.ratio=0.6,0.7",
+        "launcher=slurm",
+        "data.img_size=32",
+        "data.num_train=16",
+        "data.num_val=8",
+        "data.batch_size=8",
+        "trainer.max_steps=2",
+        "callbacks.reconstructions.every_n_steps=0",
+        "torch_threads=1",
+        f"paths.log_dir={tmp_path}/runs",
+        "print_config=false",
+    ]
+    proc = subprocess.run(
+        args, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = sorted((tmp_path / "runs" / "train" / "mae").glob("multirun_*/*/metrics.csv"))
     assert len(metrics) == 2  # each job left its metrics file (2 steps, below the logging interval)

@@ -41,25 +41,35 @@ def conv(c_out: int, c_in: int, k=(3, 3, 3)) -> tuple[int, ...]:
 PLAIN_CONVS = {
     "conv_input.0": conv(16, C_IN),
     "conv1.0.0": conv(16, 16),
-    "conv2.0.0": conv(32, 16), "conv2.1.0": conv(32, 32), "conv2.2.0": conv(32, 32),
-    "conv3.0.0": conv(64, 32), "conv3.1.0": conv(64, 64), "conv3.2.0": conv(64, 64),
-    "conv4.0.0": conv(64, 64), "conv4.1.0": conv(64, 64), "conv4.2.0": conv(64, 64),
+    "conv2.0.0": conv(32, 16),
+    "conv2.1.0": conv(32, 32),
+    "conv2.2.0": conv(32, 32),
+    "conv3.0.0": conv(64, 32),
+    "conv3.1.0": conv(64, 64),
+    "conv3.2.0": conv(64, 64),
+    "conv4.0.0": conv(64, 64),
+    "conv4.1.0": conv(64, 64),
+    "conv4.2.0": conv(64, 64),
     "conv_out.0": conv(128, 64, (3, 1, 1)),
 }
 PLAIN_BNS = {name[:-1] + "1": shape[0] for name, shape in PLAIN_CONVS.items()}
 
 
 def _res_stage(stage: str, channels: int, first: int) -> dict[str, tuple[int, ...]]:
-    return {f"{stage}.{i}.conv{j}": conv(channels, channels)
-            for i in (first, first + 1) for j in (1, 2)}
+    return {
+        f"{stage}.{i}.conv{j}": conv(channels, channels) for i in (first, first + 1) for j in (1, 2)
+    }
 
 
 RES_CONVS = {
     "conv_input.0": conv(16, C_IN),
     **_res_stage("conv1", 16, 0),
-    "conv2.0.0": conv(32, 16), **_res_stage("conv2", 32, 1),
-    "conv3.0.0": conv(64, 32), **_res_stage("conv3", 64, 1),
-    "conv4.0.0": conv(128, 64), **_res_stage("conv4", 128, 1),
+    "conv2.0.0": conv(32, 16),
+    **_res_stage("conv2", 32, 1),
+    "conv3.0.0": conv(64, 32),
+    **_res_stage("conv3", 64, 1),
+    "conv4.0.0": conv(128, 64),
+    **_res_stage("conv4", 128, 1),
     "conv_out.0": conv(128, 128, (3, 1, 1)),
 }
 RES_BNS = {
@@ -86,15 +96,19 @@ def kitti_voxels() -> tuple[torch.Tensor, torch.Tensor]:
     """A few hundred voxels in 2 KITTI-sized scenes: ``(N, 4)`` float, ``(N, 4)`` int32."""
     g = torch.Generator().manual_seed(0)
     n = 400
-    coords = torch.stack([
-        torch.randint(0, 2, (n,), generator=g),
-        torch.randint(0, KITTI_SHAPE[0], (n,), generator=g),
-        torch.randint(0, KITTI_SHAPE[1], (n,), generator=g),
-        torch.randint(0, KITTI_SHAPE[2], (n,), generator=g),
-    ], dim=1)
+    coords = torch.stack(
+        [
+            torch.randint(0, 2, (n,), generator=g),
+            torch.randint(0, KITTI_SHAPE[0], (n,), generator=g),
+            torch.randint(0, KITTI_SHAPE[1], (n,), generator=g),
+            torch.randint(0, KITTI_SHAPE[2], (n,), generator=g),
+        ],
+        dim=1,
+    )
     # add a dense-ish clump so SubM layers see neighbours
-    clump = torch.cartesian_prod(torch.tensor([0]), torch.arange(18, 22), torch.arange(100, 106),
-                                 torch.arange(200, 206))
+    clump = torch.cartesian_prod(
+        torch.tensor([0]), torch.arange(18, 22), torch.arange(100, 106), torch.arange(200, 206)
+    )
     coords = torch.unique(torch.cat([coords, clump]), dim=0).int()
     return torch.randn(len(coords), C_IN, generator=g), coords
 
@@ -140,8 +154,12 @@ def test_kitti_output_shapes(spec, kitti_voxels):
     assert enc.features.shape[1] == model.num_point_features == 128
     assert out["encoded_stride"] == 8
     assert set(enc.indices[:, 0].tolist()) == {0, 1}
-    expected = {"x_conv1": ([41, 1600, 1408], 16), "x_conv2": ([21, 800, 704], 32),
-                "x_conv3": ([11, 400, 352], 64), "x_conv4": ([5, 200, 176], c4)}
+    expected = {
+        "x_conv1": ([41, 1600, 1408], 16),
+        "x_conv2": ([21, 800, 704], 32),
+        "x_conv3": ([11, 400, 352], 64),
+        "x_conv4": ([5, 200, 176], c4),
+    }
     got = {k: (list(v.spatial_shape), v.features.shape[1]) for k, v in out["multi_scale"].items()}
     assert got == expected
     assert {k: c for k, (_, c) in expected.items()} == model.backbone_channels
@@ -191,7 +209,7 @@ def test_export_openpcdet_checkpoint_round_trip(spec, kitti_voxels, tmp_path):
 
     prefix = "backbone_3d."
     fresh = cls(C_IN, KITTI_SHAPE).eval()
-    fresh.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model_state"].items()})
+    fresh.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["model_state"].items()})
     with torch.no_grad():
         want = model(feats, coords, 2)["encoded"].features
         got = fresh(feats, coords, 2)["encoded"].features

@@ -190,8 +190,9 @@ def test_sparse_inverse_conv3d_matches_conv_transpose3d():
     small = list(y.spatial_shape)
     natural = [(s - 1) * 2 - 2 + 3 for s in small]
     out_pad = [big - nat for big, nat in zip(SHAPE, natural, strict=True)]
-    dense_out = F.conv_transpose3d(densify(y_ref, y.indices, small), w_ref, stride=2, padding=1,
-                                   output_padding=out_pad)
+    dense_out = F.conv_transpose3d(
+        densify(y_ref, y.indices, small), w_ref, stride=2, padding=1, output_padding=out_pad
+    )
     assert tuple(dense_out.shape[2:]) == SHAPE
     ref = gather(dense_out, coords)
     torch.testing.assert_close(z.features, ref, **TOL)
@@ -251,8 +252,13 @@ UNPATCHED_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the bug only shows without CUDA")
 def test_backward_fails_without_fix_and_works_with_it():
     """Fresh interpreter: plain spconv backward on CPU raises in ops.get_current_stream."""
-    proc = subprocess.run([sys.executable, "-c", UNPATCHED_SCRIPT], cwd=REPO, text=True,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", UNPATCHED_SCRIPT],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "UNPATCHED_FAIL" in out, out
@@ -322,8 +328,9 @@ def test_import_is_lazy_and_missing_spconv_error_is_clear():
             print(e)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, text=True,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, text=True, capture_output=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'pip install "maskfm[lidar]"' in proc.stdout
     assert "spconv-cu" in proc.stdout
@@ -353,8 +360,9 @@ def test_race_free_scatter_add_matches_index_add(dtype):
     table[1, :250] = index
     out2 = torch.zeros(300, 64, dtype=dtype)
     ops.SpconvOps.scatter_add_cpu(_tv(out2), _tv(src), _tv(table)[1].slice_first_axis(0, 250))
-    torch.testing.assert_close(out2, torch.zeros_like(out2).index_add_(0, index.long(), src[:250]),
-                               atol=tol, rtol=tol)
+    torch.testing.assert_close(
+        out2, torch.zeros_like(out2).index_add_(0, index.long(), src[:250]), atol=tol, rtol=tol
+    )
 
 
 def test_scatter_add_patch_is_narrow_and_idempotent():
@@ -420,8 +428,11 @@ def test_default_algo_is_native_on_cpu():
     assert sc.default_algo("cpu") == ConvAlgo.Native
     if CPU_ONLY_BUILD or not torch.cuda.is_available():
         assert sc.default_algo() == ConvAlgo.Native
-    for layer in (sc.subm_conv3d(2, 3), sc.sparse_conv3d(2, 3, 3, 2, 1, indice_key="k"),
-                  sc.sparse_inverse_conv3d(3, 2, 3, indice_key="k")):
+    for layer in (
+        sc.subm_conv3d(2, 3),
+        sc.sparse_conv3d(2, 3, 3, 2, 1, indice_key="k"),
+        sc.sparse_inverse_conv3d(3, 2, 3, indice_key="k"),
+    ):
         assert layer.bias is None
         assert layer.algo == ConvAlgo.Native
 

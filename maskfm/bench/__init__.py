@@ -40,8 +40,19 @@ from maskfm.run_dir import register_resolvers
 
 register_resolvers()
 
-__all__ = ["bench", "bench_dataset", "bench_encoder", "bench_grouping", "bench_train_step", "bench_variants",
-           "main", "print_summary", "resize_batch", "summarize", "time_fn"]
+__all__ = [
+    "bench",
+    "bench_dataset",
+    "bench_encoder",
+    "bench_grouping",
+    "bench_train_step",
+    "bench_variants",
+    "main",
+    "print_summary",
+    "resize_batch",
+    "summarize",
+    "time_fn",
+]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
@@ -50,4 +61,3 @@ def main(cfg: DictConfig) -> None:
         bench_variants(cfg, hydra_overrides() or [])
     else:
         bench(cfg)
-

@@ -49,13 +49,25 @@ def print_summary(r: dict[str, Any]) -> None:
             )
     if r.get("dataset"):
         d = r["dataset"]
-        table.add_row(f"one sample (dataset[i], x{d['samples']})", "", f"{d['median_ms']:.2f}",
-                      f"{d['mean_ms']:.2f}", f"{d['samples_per_sec']:.1f}" if d["samples_per_sec"] else "", "")
+        table.add_row(
+            f"one sample (dataset[i], x{d['samples']})",
+            "",
+            f"{d['median_ms']:.2f}",
+            f"{d['mean_ms']:.2f}",
+            f"{d['samples_per_sec']:.1f}" if d["samples_per_sec"] else "",
+            "",
+        )
     grouping = r.get("grouping") or {}
     for case, g in grouping.items():
         if case != "batch_size":
-            table.add_row(f"grouping {case} (B={grouping['batch_size']})", "",
-                          f"{g['median_ms']:.2f}", f"{g['mean_ms']:.2f}", "", "")
+            table.add_row(
+                f"grouping {case} (B={grouping['batch_size']})",
+                "",
+                f"{g['median_ms']:.2f}",
+                f"{g['mean_ms']:.2f}",
+                "",
+                "",
+            )
     console = Console()
     console.print(table)
     if enc and enc["mae_speedup"] is not None:

@@ -135,7 +135,12 @@ def _bench(cfg: DictConfig) -> dict[str, Any]:
 
     if hasattr(model, "grouper") and bc.get("grouping"):
         results["grouping"] = bench_grouping(
-            device, [tuple(c) for c in bc.grouping], int(bc.grouping_batch_size), warmup, steps, seed
+            device,
+            [tuple(c) for c in bc.grouping],
+            int(bc.grouping_batch_size),
+            warmup,
+            steps,
+            seed,
         )
 
     if hasattr(model, "encoder") and hasattr(model, "layout") and "image" in batch:

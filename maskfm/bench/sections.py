@@ -21,7 +21,9 @@ def bench_train_step(system, batch, device, cfg, autocast, warmup, steps, memory
     """Forward of the method + backward + AdamW step + zero_grad."""
     model = system.model
     batch_size = batch_size_of(batch)
-    optimizer, lr = system.build_optimizer(batch_size)  # exactly what training builds, on one device
+    optimizer, lr = system.build_optimizer(
+        batch_size
+    )  # exactly what training builds, on one device
     generator = torch.Generator(device=device).manual_seed(int(cfg.get("seed") or 0))
     losses: list[torch.Tensor] = []
 
@@ -105,8 +107,12 @@ def bench_grouping(device, cases, batch_size, warmup, steps, seed) -> dict[str, 
     out: dict[str, Any] = {"batch_size": batch_size}
     for num_points, num_groups, group_size in cases:
         points = torch.randn(batch_size, num_points, 3, generator=generator, device=device)
-        times = time_fn(lambda p=points, g=num_groups, m=group_size: group_points(p, g, m),
-                        device, warmup, steps)
+        times = time_fn(
+            lambda p=points, g=num_groups, m=group_size: group_points(p, g, m),
+            device,
+            warmup,
+            steps,
+        )
         out[f"{num_points}->{num_groups}x{group_size}"] = summarize(times)
     return out
 
@@ -123,5 +129,9 @@ def bench_dataset(dataset, samples: int, warmup: int) -> dict[str, Any]:
         dataset[(warmup + i) % n]
         times.append(time.perf_counter() - t0)
     median = statistics.median(times) * 1e3
-    return {"samples": samples, "median_ms": median, "mean_ms": statistics.fmean(times) * 1e3,
-            "samples_per_sec": 1e3 / median if median > 0 else None}
+    return {
+        "samples": samples,
+        "median_ms": median,
+        "mean_ms": statistics.fmean(times) * 1e3,
+        "samples_per_sec": 1e3 / median if median > 0 else None,
+    }

@@ -11,9 +11,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 def nonfinite_tensors(state_dict: dict) -> list[str]:
     """Names of the floating-point tensors in ``state_dict`` that hold a NaN or inf."""
-    return [name for name, value in state_dict.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())]
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -45,9 +49,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             raise FloatingPointError(
                 f"refusing to write {path.name}: non-finite weights in {shown} "
-                f"(step {checkpoint.get('global_step')}); the previous checkpoint is kept")
+                f"(step {checkpoint.get('global_step')}); the previous checkpoint is kept"
+            )
         if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:  # next to the target: the rename below stays on one filesystem
@@ -57,6 +64,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
         _fsync_directory(path.parent)  # make the rename itself durable
 
-    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None):
-        return super().load_checkpoint(path, map_location=map_location,
-                                       weights_only=True if weights_only is None else weights_only)
+    def load_checkpoint(
+        self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None
+    ):
+        return super().load_checkpoint(
+            path,
+            map_location=map_location,
+            weights_only=True if weights_only is None else weights_only,
+        )

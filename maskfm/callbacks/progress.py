@@ -65,7 +65,11 @@ class LineProgressBar(ProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not self._enabled or trainer.sanity_checking:
             return
-        val = {k: f"{float(v):.4g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        val = {
+            k: f"{float(v):.4g}"
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/")
+        }
         if val:
             print(f"validation after epoch {trainer.current_epoch + 1}: {val}", flush=True)
 

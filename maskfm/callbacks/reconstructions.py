@@ -80,7 +80,10 @@ class ReconstructionPictures(Callback):
         with torch.no_grad():
             out = pl_module(batch, generator=pl_module.mask_generator(0, stage="viz"))
             if "panels" in model.media:
-                panels = {k: self.to_unit_range(trainer, v) for k, v in model.reconstruction_panels(batch, out).items()}
+                panels = {
+                    k: self.to_unit_range(trainer, v)
+                    for k, v in model.reconstruction_panels(batch, out).items()
+                }
             else:  # point clouds: drawn headless
                 clouds = model.reconstruction_clouds(batch, out)
                 panels = render_panels(clouds)
@@ -96,17 +99,26 @@ class ReconstructionPictures(Callback):
         return path
 
     @staticmethod
-    def log_to_wandb(logger: WandbLogger, step: int, picture: Path, names: list[str],
-                     clouds: dict[str, torch.Tensor] | None) -> None:
+    def log_to_wandb(
+        logger: WandbLogger,
+        step: int,
+        picture: Path,
+        names: list[str],
+        clouds: dict[str, torch.Tensor] | None,
+    ) -> None:
         """The picture as ``reconstructions``; for point clouds also each panel of the first
         example as a coloured ``wandb.Object3D`` (``reconstructions_3d/<panel>``), to turn
         around in the browser."""
-        logger.log_image(key="reconstructions", images=[str(picture)], step=step, caption=[" | ".join(names)])
+        logger.log_image(
+            key="reconstructions", images=[str(picture)], step=step, caption=[" | ".join(names)]
+        )
         if clouds:
             import wandb
 
-            objects: dict[str, Any] = {f"reconstructions_3d/{name}": wandb.Object3D(coloured_points(cloud[0], i))
-                       for i, (name, cloud) in enumerate(clouds.items())}
+            objects: dict[str, Any] = {
+                f"reconstructions_3d/{name}": wandb.Object3D(coloured_points(cloud[0], i))
+                for i, (name, cloud) in enumerate(clouds.items())
+            }
             logger.log_metrics(objects, step=step)
 
     @staticmethod
@@ -116,7 +128,9 @@ class ReconstructionPictures(Callback):
         mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
         images = images.detach().float().cpu()
         if mean is not None and std is not None:
-            images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+            images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(
+                1, -1, 1, 1
+            )
         return images.clamp(0, 1)
 
 
@@ -127,5 +141,7 @@ PANEL_COLOURS = ((150, 150, 150), (40, 90, 200), (230, 120, 30), (60, 160, 80), 
 def coloured_points(points: torch.Tensor, index: int) -> np.ndarray:
     """``(P, 3)`` -> ``(P, 6)`` ``[x, y, z, r, g, b]`` (W&B's point format), one colour per panel."""
     xyz = points.detach().float().cpu().numpy()
-    rgb = np.broadcast_to(np.asarray(PANEL_COLOURS[index % len(PANEL_COLOURS)], dtype=np.float32), xyz.shape)
+    rgb = np.broadcast_to(
+        np.asarray(PANEL_COLOURS[index % len(PANEL_COLOURS)], dtype=np.float32), xyz.shape
+    )
     return np.concatenate([xyz, rgb], axis=1)

@@ -23,8 +23,9 @@ def view_rotation(azimuth_deg: float = 30.0, elevation_deg: float = 20.0) -> np.
     return rx @ rz
 
 
-def render_cloud(points: np.ndarray, size: int = 128, radius: float = 1.0,
-                 color=(40, 90, 200)) -> np.ndarray:
+def render_cloud(
+    points: np.ndarray, size: int = 128, radius: float = 1.0, color=(40, 90, 200)
+) -> np.ndarray:
     """``points: (P, 3)`` within ``radius`` of the origin -> ``(3, size, size)`` float image in [0, 1]."""
     image = np.ones((size, size, 3), dtype=np.float32)
     if len(points) == 0:
@@ -52,15 +53,21 @@ def render_panels(clouds: dict[str, torch.Tensor], size: int = 128) -> dict[str,
     first = next(iter(clouds.values()))
     radius = float(first.norm(dim=-1).amax().clamp_min(1e-6)) * 1.05
     return {
-        name: torch.from_numpy(np.stack([render_cloud(c.cpu().numpy(), size, radius) for c in batch]))
+        name: torch.from_numpy(
+            np.stack([render_cloud(c.cpu().numpy(), size, radius) for c in batch])
+        )
         for name, batch in clouds.items()
     }
 
 
 @torch.no_grad()
 def pixel_reconstruction_panels(
-    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
-    grid_size: tuple[int, int], norm_pix_loss: bool,
+    imgs: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    patch_size: int,
+    grid_size: tuple[int, int],
+    norm_pix_loss: bool,
 ) -> dict[str, torch.Tensor]:
     """Pictures in input space, each ``(B, C, H, W)``: input, masked input, reconstruction.
 

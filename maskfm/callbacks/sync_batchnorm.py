@@ -43,8 +43,12 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
 
 
 def _syncing(module: _BatchNorm) -> bool:
-    return (module.training and dist.is_available() and dist.is_initialized()
-            and dist.get_world_size() > 1)
+    return (
+        module.training
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    )
 
 
 class AllReduceBatchNorm(_BatchNorm):
@@ -83,7 +87,9 @@ class AllReduceBatchNorm(_BatchNorm):
         return y.to(x.dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
+    def _update_running_stats(
+        self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor
+    ) -> None:
         assert self.num_batches_tracked is not None  # track_running_stats: the buffers exist
         assert self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
@@ -122,7 +128,9 @@ class CPUSyncBatchNorm(LayerSync):
 
     def apply(self, model: nn.Module) -> nn.Module:
         def make(m):
-            if isinstance(m, _BatchNorm) and not isinstance(m, (AllReduceBatchNorm, nn.SyncBatchNorm)):
+            if isinstance(m, _BatchNorm) and not isinstance(
+                m, (AllReduceBatchNorm, nn.SyncBatchNorm)
+            ):
                 new = _converted(m, AllReduceBatchNorm)
                 new._original_class = type(m)
                 return new

@@ -42,7 +42,8 @@ class LoaderDataModule(L.LightningDataModule):
             raise UserInputError(
                 f"{source}: the training set has {len(sized)} samples, fewer than one batch "
                 f"(data.batch_size={self.batch_size}), so training would run no step; lower data.batch_size "
-                "or add data")
+                "or add data"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -100,9 +101,7 @@ def load_or_skip(
     raise exhausted(f"none of the {num_items} {what} is usable")
 
 
-def check_dir(
-    path: str | os.PathLike | None, what: str, *, one_error: bool = False
-) -> Path:
+def check_dir(path: str | os.PathLike | None, what: str, *, one_error: bool = False) -> Path:
     """``path`` (``~`` expanded) if it is an existing folder, else raise naming it as ``what``.
 
     None raises ValueError. A missing path raises FileNotFoundError and a file

@@ -245,8 +245,12 @@ def render_scene(scene: Scene, rng: np.random.Generator, img_size: int) -> Image
             b += rng.uniform(-0.1, 0.1) * width
             cx, cy = (a, b) if along_x else (b, a)
             jitter = rng.integers(-12, 13, size=3)
-            colour = cast("tuple[int, int, int]", tuple(
-                int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[g.colour], jitter, strict=True)
-            ))
+            colour = cast(
+                "tuple[int, int, int]",
+                tuple(
+                    int(np.clip(c + j, 0, 255))
+                    for c, j in zip(COLOURS[g.colour], jitter, strict=True)
+                ),
+            )
             _draw(draw, g.shape, cx * size, cy * size, r * size, colour, rng.uniform(-0.25, 0.25))
     return img.resize((img_size, img_size), Image.Resampling.BILINEAR, reducing_gap=None)

@@ -336,8 +336,14 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         j, img, skipped = load_or_skip(
-            idx, len(self.samples), self.load, self._corrupt, self.skip_corrupt,
-            (CorruptImageError,), f"images under '{self.root}'", CorruptImageError,
+            idx,
+            len(self.samples),
+            self.load,
+            self._corrupt,
+            self.skip_corrupt,
+            (CorruptImageError,),
+            f"images under '{self.root}'",
+            CorruptImageError,
         )
         return {"image": self.transform(img), "label": self.samples[j][1], "skipped": skipped}
 
@@ -381,7 +387,6 @@ class SyntheticImageDataModule(LoaderDataModule):
         self.num_classes = len(CLASSES)
         self.train_set = SyntheticShapes(num_train, img_size, seed, split="train")
         self.val_set = SyntheticShapes(num_val, img_size, seed, split="test")
-
 
 
 class ImageFolderDataModule(LoaderDataModule):
@@ -437,4 +442,3 @@ class ImageFolderDataModule(LoaderDataModule):
             full = copy.copy(self.train_set)  # reuse the file listing, swap the transform
             full.transform, full._corrupt = evaluate, set()
             self.val_set = Subset(full, range(min(self.val_subset_size, len(full))))
-

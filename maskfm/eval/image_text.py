@@ -56,8 +56,13 @@ def probe_variants(
 
 @torch.no_grad()
 def mlm_probe(
-    model, loader: Iterable[dict], mask_token_id: int, kinds: Sequence[str] = ("colour", "shape", "count"),
-    mode: str = "each", max_samples: int | None = None, device: torch.device | str = "cpu",
+    model,
+    loader: Iterable[dict],
+    mask_token_id: int,
+    kinds: Sequence[str] = ("colour", "shape", "count"),
+    mode: str = "each",
+    max_samples: int | None = None,
+    device: torch.device | str = "cpu",
     chunk: int = 256,
 ) -> dict:
     """Masked-word accuracy with the true picture vs a blank picture (in %).
@@ -74,11 +79,15 @@ def mlm_probe(
         if max_samples is not None and samples >= max_samples:
             break
         batch = to_device(batch, device)
-        keep = len(batch["spans"]) if max_samples is None else min(len(batch["spans"]), max_samples - samples)
+        keep = (
+            len(batch["spans"])
+            if max_samples is None
+            else min(len(batch["spans"]), max_samples - samples)
+        )
         samples += keep
         variants = [v for v in probe_variants(batch, kinds, mode) if v[0] < keep]
         for start in range(0, len(variants), chunk):
-            part = variants[start:start + chunk]
+            part = variants[start : start + chunk]
             rows = torch.tensor([i for i, _, _ in part], device=device)
             hidden = torch.stack([h for _, h, _ in part])
             ids = batch["input_ids"][rows].masked_fill(hidden, mask_token_id)
@@ -106,13 +115,22 @@ def mlm_probe(
             "(the generated captions do; real captions have no grounded spans)"
         )
     pct = lambda a, b: 100.0 * a / b  # noqa: E731
-    result: dict = {"mode": mode, "kinds": list(kinds), "num_samples": samples,
-                    "num_words": words_total["all"], "num_tokens": tokens_total}
+    result: dict = {
+        "mode": mode,
+        "kinds": list(kinds),
+        "num_samples": samples,
+        "num_words": words_total["all"],
+        "num_tokens": tokens_total,
+    }
     for name in ("true", "blank"):
         result[f"{name}_image"] = {
             "word_accuracy": pct(right[name]["all"], words_total["all"]),
             "token_accuracy": pct(tokens_right[name], tokens_total),
-            **{f"{k}_accuracy": pct(right[name][k], words_total[k]) for k in kinds if words_total[k]},
+            **{
+                f"{k}_accuracy": pct(right[name][k], words_total[k])
+                for k in kinds
+                if words_total[k]
+            },
         }
     result["gap"] = result["true_image"]["word_accuracy"] - result["blank_image"]["word_accuracy"]
     return result
@@ -122,21 +140,31 @@ def _fingerprint(x: torch.Tensor) -> str:
     return hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+def recall_at_k(
+    scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int]
+) -> dict[str, float]:
     """Recall@K (%) of each row's ranking: a hit when a relevant column is in the top K.
 
     ``scores``, ``relevant``: ``(Q, N)``; ties are broken by column order.
     """
     order = scores.argsort(dim=1, descending=True, stable=True)
     hits = relevant.gather(1, order)  # (Q, N) relevance in ranked order
-    first = torch.where(hits.any(1), hits.float().argmax(1), torch.full_like(hits[:, 0], hits.shape[1], dtype=torch.long))
+    first = torch.where(
+        hits.any(1),
+        hits.float().argmax(1),
+        torch.full_like(hits[:, 0], hits.shape[1], dtype=torch.long),
+    )
     return {f"R@{k}": float((first < k).float().mean() * 100) for k in ks}
 
 
 @torch.no_grad()
 def retrieval(
-    model, loader: Iterable[dict], num_pairs: int = 100, ks: Sequence[int] = (1, 5, 10),
-    device: torch.device | str = "cpu", chunk: int = 256,
+    model,
+    loader: Iterable[dict],
+    num_pairs: int = 100,
+    ks: Sequence[int] = (1, 5, 10),
+    device: torch.device | str = "cpu",
+    chunk: int = 256,
 ) -> dict:
     """Image->text and text->image Recall@K of the first ``num_pairs`` held-out pairs.
 
@@ -163,7 +191,7 @@ def retrieval(
     scores = torch.empty(n, n, device=device)  # [image, text]
     pairs = torch.cartesian_prod(torch.arange(n), torch.arange(n)).to(device)
     for start in range(0, n * n, chunk):
-        ii, tt = pairs[start:start + chunk].unbind(1)
+        ii, tt = pairs[start : start + chunk].unbind(1)
         scores[ii, tt] = model.match_scores(image[ii], text[tt], mask[tt])
     same_caption = torch.tensor([[a == b for b in captions] for a in captions], device=device)
     same_image = torch.tensor([[a == b for b in fingerprints] for a in fingerprints], device=device)
@@ -187,19 +215,31 @@ class MLMProbe(Protocol):
     """``eval=mlm_probe``: masked image-grounded words, true picture vs blank picture."""
 
     kinds: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
-    mode: str = "each"             # each: one grounded word hidden at a time | all: all at once
+    mode: str = "each"  # each: one grounded word hidden at a time | all: all at once
     num_samples: int | None = None  # None: the whole held-out split
 
     def __call__(self, model, device, datamodule) -> tuple[dict, str]:
-        result = mlm_probe(model, held_out_loader(datamodule), datamodule.mask_token_id, kinds=list(self.kinds),
-                           mode=self.mode, max_samples=self.num_samples, device=device)
+        result = mlm_probe(
+            model,
+            held_out_loader(datamodule),
+            datamodule.mask_token_id,
+            kinds=list(self.kinds),
+            mode=self.mode,
+            max_samples=self.num_samples,
+            device=device,
+        )
         result = {"eval": "mlm_probe", **result}
         t, b = result["true_image"], result["blank_image"]
-        per_kind = ", ".join(f"{k} {t[f'{k}_accuracy']:.1f} vs {b[f'{k}_accuracy']:.1f}"
-                             for k in result["kinds"] if f"{k}_accuracy" in t)
-        summary = (f"masked grounded words ({result['num_words']} in {result['num_samples']} held-out captions): "
-                   f"true image {t['word_accuracy']:.2f} %, blank image {b['word_accuracy']:.2f} %, "
-                   f"gap {result['gap']:+.2f} points ({per_kind})")
+        per_kind = ", ".join(
+            f"{k} {t[f'{k}_accuracy']:.1f} vs {b[f'{k}_accuracy']:.1f}"
+            for k in result["kinds"]
+            if f"{k}_accuracy" in t
+        )
+        summary = (
+            f"masked grounded words ({result['num_words']} in {result['num_samples']} held-out captions): "
+            f"true image {t['word_accuracy']:.2f} %, blank image {b['word_accuracy']:.2f} %, "
+            f"gap {result['gap']:+.2f} points ({per_kind})"
+        )
         return result, summary
 
 
@@ -211,11 +251,18 @@ class Retrieval(Protocol):
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
 
     def __call__(self, model, device, datamodule) -> tuple[dict, str]:
-        result = retrieval(model, held_out_loader(datamodule), num_pairs=self.num_pairs, ks=list(self.ks),
-                           device=device)
+        result = retrieval(
+            model,
+            held_out_loader(datamodule),
+            num_pairs=self.num_pairs,
+            ks=list(self.ks),
+            device=device,
+        )
         result = {"eval": "retrieval", **result}
         fmt = lambda r: " ".join(f"{k} {v:.1f}" for k, v in r.items())  # noqa: E731
-        summary = (f"retrieval over {result['num_pairs']} held-out pairs: image->text "
-                   f"{fmt(result['image_to_text'])}; text->image {fmt(result['text_to_image'])} "
-                   f"(chance {fmt(result['chance'])})")
+        summary = (
+            f"retrieval over {result['num_pairs']} held-out pairs: image->text "
+            f"{fmt(result['image_to_text'])}; text->image {fmt(result['text_to_image'])} "
+            f"(chance {fmt(result['chance'])})"
+        )
         return result, summary

@@ -28,11 +28,13 @@ from maskfm.errors import UserInputError
 class Protocol:
     """Base of the evaluation protocols; subclasses add their settings as fields."""
 
-    name: str                # conf/eval/<name>.yaml; printed with the config
-    device: str = "auto"     # auto | cpu: read by maskfm.evaluate to place the model
-    seed: int = 0            # the run's seed (maskfm.evaluate passes it)
+    name: str  # conf/eval/<name>.yaml; printed with the config
+    device: str = "auto"  # auto | cpu: read by maskfm.evaluate to place the model
+    seed: int = 0  # the run's seed (maskfm.evaluate passes it)
 
-    def __call__(self, model: torch.nn.Module, device: torch.device, datamodule) -> tuple[dict, str]:
+    def __call__(
+        self, model: torch.nn.Module, device: torch.device, datamodule
+    ) -> tuple[dict, str]:
         """Evaluate ``model`` (already on ``device``, in eval mode) on ``datamodule``; returns
         (result for eval.json, one-line summary)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
@@ -51,13 +53,17 @@ def build_protocol(eval_cfg: DictConfig, seed: int = 0) -> Protocol:
     choices = f"eval= one of {', '.join(available_protocols())} (conf/eval/*.yaml)"
     target = eval_cfg.get("_target_") if isinstance(eval_cfg, DictConfig) else None
     if not isinstance(target, str):
-        raise UserInputError(f"the eval config names no protocol class (no eval._target_); use {choices}")
+        raise UserInputError(
+            f"the eval config names no protocol class (no eval._target_); use {choices}"
+        )
     try:
         protocol = instantiate(eval_cfg, _convert_="all", seed=seed)
     except InstantiationException as e:  # what the class (or finding it) raised, on one line
         reason = " ".join(str(e.__cause__ or e).split())
         raise UserInputError(f"eval._target_={target}: {reason}; use {choices}") from e
     if not isinstance(protocol, Protocol):
-        raise UserInputError(f"eval._target_={target} is a {type(protocol).__name__}, not an evaluation "
-                             f"protocol (a maskfm.eval.protocol.Protocol); use {choices}")
+        raise UserInputError(
+            f"eval._target_={target} is a {type(protocol).__name__}, not an evaluation "
+            f"protocol (a maskfm.eval.protocol.Protocol); use {choices}"
+        )
     return protocol

@@ -37,7 +37,9 @@ def pool_tokens(tokens: torch.Tensor, pooling: str = "max_mean") -> torch.Tensor
 
 
 @torch.no_grad()
-def extract_features(model, loader, pooling: str, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    model, loader, pooling: str, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features and labels of every batch of ``loader``; ``model.features(batch)`` gives tokens."""
     feats, labels = [], []
     for batch in loader:
@@ -47,13 +49,21 @@ def extract_features(model, loader, pooling: str, device: torch.device) -> tuple
     features = torch.cat(feats)
     if not torch.isfinite(features).all():
         bad = int((~torch.isfinite(features)).any(dim=1).sum())
-        raise FloatingPointError(f"the encoder produced non-finite features for {bad} of {len(features)} samples")
+        raise FloatingPointError(
+            f"the encoder produced non-finite features for {bad} of {len(features)} samples"
+        )
     return features.numpy(), torch.cat(labels).numpy()
 
 
 def linear_svm_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    C: float = 1.0, max_iter: int = 1000, seed: int = 0, standardize: bool = False,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    seed: int = 0,
+    standardize: bool = False,
 ) -> dict[str, float]:
     """Fit ``LinearSVC(C)`` on train features; accuracy (in %) on train and test.
 
@@ -88,15 +98,31 @@ class LinearSVM(Protocol):
         train_loader, test_loader = datamodule.eval_dataloaders()
         train_x, train_y = extract_features(model, train_loader, self.pooling, device)
         test_x, test_y = extract_features(model, test_loader, self.pooling, device)
-        scores = linear_svm_accuracy(train_x, train_y, test_x, test_y, C=self.C, max_iter=self.max_iter,
-                                     seed=self.seed, standardize=self.standardize)
+        scores = linear_svm_accuracy(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            C=self.C,
+            max_iter=self.max_iter,
+            seed=self.seed,
+            standardize=self.standardize,
+        )
         result = {
-            "eval": "svm", **scores, "num_train": len(train_y), "num_test": len(test_y),
-            "feature_dim": int(train_x.shape[1]), "pooling": self.pooling, "C": self.C,
+            "eval": "svm",
+            **scores,
+            "num_train": len(train_y),
+            "num_test": len(test_y),
+            "feature_dim": int(train_x.shape[1]),
+            "pooling": self.pooling,
+            "C": self.C,
             "standardize": self.standardize,
-            "data": type(datamodule).__name__, "dataset": getattr(datamodule, "dataset", None),
+            "data": type(datamodule).__name__,
+            "dataset": getattr(datamodule, "dataset", None),
         }
-        summary = (f"linear SVM on {result['dataset'] or result['data']}: test accuracy "
-                   f"{scores['accuracy']:.2f} % (train {scores['train_accuracy']:.2f} %), "
-                   f"{result['num_train']} train / {result['num_test']} test")
+        summary = (
+            f"linear SVM on {result['dataset'] or result['data']}: test accuracy "
+            f"{scores['accuracy']:.2f} % (train {scores['train_accuracy']:.2f} %), "
+            f"{result['num_train']} train / {result['num_test']} test"
+        )
         return result, summary

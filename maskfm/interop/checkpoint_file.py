@@ -42,25 +42,40 @@ def read_checkpoint(path: str | Path, expected: str = "a torch checkpoint (.ckpt
             names = archive.namelist()
         if not any(n.endswith("data.pkl") for n in names):
             shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            raise CheckpointFileError(f"{path}: a zip archive without torch's data.pkl ({shown}); expected {expected}")
+            raise CheckpointFileError(
+                f"{path}: a zip archive without torch's data.pkl ({shown}); expected {expected}"
+            )
     else:
         with open(path, "rb") as f:
             head = f.read(2)
         if head == b"PK":
-            raise CheckpointFileError(f"{path}: a truncated or corrupt zip archive; expected {expected}")
+            raise CheckpointFileError(
+                f"{path}: a truncated or corrupt zip archive; expected {expected}"
+            )
         if head[:1] != b"\x80":  # every pickle protocol >= 2, torch's legacy format included
-            raise CheckpointFileError(f"{path}: not a torch file (starts with {head!r}); expected {expected}")
+            raise CheckpointFileError(
+                f"{path}: not a torch file (starts with {head!r}); expected {expected}"
+            )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
-            what = f"it names {found.group(1)}" if found else "it holds objects other than tensors and plain values"
+            what = (
+                f"it names {found.group(1)}"
+                if found
+                else "it holds objects other than tensors and plain values"
+            )
             raise CheckpointFileError(
-                f"{path}: refused to unpickle: {what}; a checkpoint holds data, never code") from e
-        raise CheckpointFileError(f"{path}: unreadable ({_first_line(e)}); expected {expected}") from e
+                f"{path}: refused to unpickle: {what}; a checkpoint holds data, never code"
+            ) from e
+        raise CheckpointFileError(
+            f"{path}: unreadable ({_first_line(e)}); expected {expected}"
+        ) from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointFileError(f"{path}: truncated or corrupt ({_first_line(e)}); expected {expected}") from e
+        raise CheckpointFileError(
+            f"{path}: truncated or corrupt ({_first_line(e)}); expected {expected}"
+        ) from e
 
 
 def _first_line(error: Exception) -> str:

@@ -34,7 +34,9 @@ class LoadReport:
 
     def table(self) -> str:
         """Key | status lines, repeated layers folded as ``blocks.{0...11}.x``."""
-        lines = [f"loaded {len(self.loaded)} tensors ({self.required_loaded} of the {self.required} required)"]
+        lines = [
+            f"loaded {len(self.loaded)} tensors ({self.required_loaded} of the {self.required} required)"
+        ]
         for status, keys in (("MISSING", self.missing), ("UNEXPECTED", self.unexpected)):
             for key in fold_layer_indices(keys):
                 lines.append(f"  {status:<10} {key}")
@@ -43,9 +45,14 @@ class LoadReport:
 
     def summary(self) -> dict:
         """The numbers for eval.json."""
-        return {"loaded_tensors": len(self.loaded), "required_tensors": self.required,
-                "required_loaded": self.required_loaded, "missing": self.missing,
-                "unexpected": self.unexpected, "mismatched": self.mismatched}
+        return {
+            "loaded_tensors": len(self.loaded),
+            "required_tensors": self.required,
+            "required_loaded": self.required_loaded,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "mismatched": self.mismatched,
+        }
 
 
 def fold_layer_indices(keys: list[str]) -> list[str]:
@@ -56,7 +63,7 @@ def fold_layer_indices(keys: list[str]) -> list[str]:
         if match is None:
             groups.setdefault(key, [])
             continue
-        pattern = key[: match.start()] + ".{}." + key[match.end():]
+        pattern = key[: match.start()] + ".{}." + key[match.end() :]
         groups.setdefault(pattern, []).append(int(match.group(1)))
     folded = []
     for pattern, idx in groups.items():
@@ -90,17 +97,24 @@ def load_state_dict_with_report(
         for k, v in state_dict.items()
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
-    loadable = {k: v for k, v in state_dict.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    loadable = {
+        k: v for k, v in state_dict.items() if k in own and tuple(v.shape) == tuple(own[k].shape)
+    }
     required = [k for k in own if k.startswith(required_prefix)]
     report = LoadReport(
-        loaded=list(loadable), missing=[k for k in own if k not in state_dict],
-        unexpected=[k for k in state_dict if k not in own], mismatched=mismatched,
-        required=len(required), required_loaded=sum(k in loadable for k in required),
+        loaded=list(loadable),
+        missing=[k for k in own if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in own],
+        mismatched=mismatched,
+        required=len(required),
+        required_loaded=sum(k in loadable for k in required),
     )
     if (report.required_loaded < report.required or mismatched) and not allow_partial:
         what = f"'{required_prefix.rstrip('.')}' tensors" if required_prefix else "tensors"
         raise IncompleteLoadError(
             f"{source}: loads {report.required_loaded} of the model's {report.required} {what}"
-            f"{'; ' + hint if hint else ''} (allow_partial_load=true accepts a partial load)\n" + report.table())
+            f"{'; ' + hint if hint else ''} (allow_partial_load=true accepts a partial load)\n"
+            + report.table()
+        )
     model.load_state_dict(loadable, strict=False)
     return report

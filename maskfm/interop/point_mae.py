@@ -36,17 +36,23 @@ def point_mae_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
         key = key.removeprefix("module.")
         for old, new in PREFIX_MAP:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     return out
 
 
 def is_original_checkpoint(checkpoint: dict) -> bool:
-    return isinstance(checkpoint, dict) and ("base_model" in checkpoint or "model" in checkpoint) and "state_dict" not in checkpoint
+    return (
+        isinstance(checkpoint, dict)
+        and ("base_model" in checkpoint or "model" in checkpoint)
+        and "state_dict" not in checkpoint
+    )
 
 
-def load_point_mae_checkpoint(model: nn.Module, path: str | Path, allow_partial: bool = False) -> LoadReport:
+def load_point_mae_checkpoint(
+    model: nn.Module, path: str | Path, allow_partial: bool = False
+) -> LoadReport:
     """Load an original Point-MAE checkpoint file into a maskfm ``PointMAE``; log the report.
 
     Every encoder tensor must be in the file (``allow_partial`` accepts fewer)."""
@@ -54,12 +60,21 @@ def load_point_mae_checkpoint(model: nn.Module, path: str | Path, allow_partial:
     # The originals pickle plain dicts of tensors and numbers; weights_only refuses anything else.
     checkpoint = read_checkpoint(path, expected="an original Point-MAE checkpoint (pretrain.pth)")
     if not is_original_checkpoint(checkpoint):
-        raise CheckpointFileError(f"{path}: not an original Point-MAE checkpoint (no 'base_model' or 'model' key)")
+        raise CheckpointFileError(
+            f"{path}: not an original Point-MAE checkpoint (no 'base_model' or 'model' key)"
+        )
     state_dict = checkpoint.get("base_model", checkpoint.get("model"))
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
         raise CheckpointFileError(f"{path}: 'base_model' is not a state dict of tensors")
     report = load_state_dict_with_report(
-        model, point_mae_filter_fn(state_dict), source=str(path), required_prefix="encoder.",
-        allow_partial=allow_partial, hint=f"an original Point-MAE checkpoint loaded into {type(model).__name__}")
+        model,
+        point_mae_filter_fn(state_dict),
+        source=str(path),
+        required_prefix="encoder.",
+        allow_partial=allow_partial,
+        hint=f"an original Point-MAE checkpoint loaded into {type(model).__name__}",
+    )
     log.info("Loaded %s into %s:\n%s", path, type(model).__name__, report.table())
     return report

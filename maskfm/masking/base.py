@@ -30,7 +30,10 @@ def num_hidden(valid_count: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def mask_from_scores(
-    scores: torch.Tensor, valid: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    ratio: float,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Hide the ``round(ratio * valid)`` highest-scoring valid tokens of each sample.
 
@@ -77,7 +80,8 @@ class Masker:
         if ratio == 1.0 and not self.allows_full_mask:
             raise UserInputError(
                 f"masking.ratio=1.0: {type(self).__name__} would hide every token and the encoder would "
-                "see nothing; use a ratio below 1")
+                "see nothing; use a ratio below 1"
+            )
         self.ratio = float(ratio)
 
     def scores(self, layout: TokenLayout, generator: torch.Generator | None) -> torch.Tensor:
@@ -95,7 +99,9 @@ class Masker:
         """The mask of a dense layout: per sample, the top ``round(ratio * valid)`` scores."""
         return mask_from_scores(self.scores(layout, generator), layout.valid, self.ratio, generator)
 
-    def __call__(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, layout: TokenLayout, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``(B, N)`` (dense) or ``(V,)`` (ragged) bool mask, True = hidden."""
         self.check_layout(layout)
         if layout.is_ragged and not self.takes_ragged:
@@ -103,16 +109,22 @@ class Masker:
             mask = self.hide(dense, generator)[layout.batch_index, slot]
         else:
             mask = self.hide(layout, generator)
-        if not self.allows_full_mask and not layout.is_ragged:  # ragged: the method checks the batch
+        if (
+            not self.allows_full_mask and not layout.is_ragged
+        ):  # ragged: the method checks the batch
             valid, hidden = layout.counts(), layout.counts(mask)
             full = (hidden == valid) & (valid > 0)
             if bool(full.any()):
                 n = int(valid[full].min())
-                how = (f"round(ratio x {n} tokens)" if self.guarantee == EXACT_COUNT
-                       else f"{type(self).__name__} on a sample of {n} tokens")
+                how = (
+                    f"round(ratio x {n} tokens)"
+                    if self.guarantee == EXACT_COUNT
+                    else f"{type(self).__name__} on a sample of {n} tokens"
+                )
                 raise UserInputError(
                     f"masking.ratio={self.ratio}: {how} hides every token of a sample, so the encoder would "
-                    "see nothing; lower the ratio or use more tokens")
+                    "see nothing; lower the ratio or use more tokens"
+                )
         return mask
 
     takes_ragged: bool = False  # True: hide() handles ragged layouts itself (radial)

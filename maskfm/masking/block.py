@@ -48,7 +48,7 @@ class BlockMasker(Masker):
         centres = torch.gather(pos, 1, centre_idx[..., None].expand(-1, -1, pos.shape[-1]))
         diff = pos[:, None, :, :] - centres[:, :, None, :]  # [B, K, N, D]
         if layout.kind == GRID_2D:
-            log_aspect = (torch.rand(b, self.num_blocks, 1, generator=generator, device=dev) * 2 - 1)
+            log_aspect = torch.rand(b, self.num_blocks, 1, generator=generator, device=dev) * 2 - 1
             aspect = torch.exp(log_aspect * math.log(self.max_aspect))
             scale = torch.cat([aspect.sqrt(), 1.0 / aspect.sqrt()], dim=-1)  # [B, K, 2]
             dist = (diff.abs() / scale[:, :, None, :]).amax(dim=-1)  # [B, K, N]

@@ -64,7 +64,9 @@ class TokenLayout:
             self._check_ragged()
             return
         if self.positions.dim() != 3:
-            raise ValueError(f"positions must be (B, N, D), got shape {tuple(self.positions.shape)}")
+            raise ValueError(
+                f"positions must be (B, N, D), got shape {tuple(self.positions.shape)}"
+            )
         if self.valid.shape != self.positions.shape[:2] or self.valid.dtype != torch.bool:
             raise ValueError(
                 f"valid must be a bool tensor of shape {tuple(self.positions.shape[:2])}, "
@@ -77,14 +79,20 @@ class TokenLayout:
         batch_index = self.ragged_batch_index
         v = self.positions.shape[0]
         if self.positions.dim() != 2:
-            raise ValueError(f"ragged positions must be (V, D), got shape {tuple(self.positions.shape)}")
+            raise ValueError(
+                f"ragged positions must be (V, D), got shape {tuple(self.positions.shape)}"
+            )
         if self.valid.shape != (v,) or self.valid.dtype != torch.bool:
-            raise ValueError(f"ragged valid must be a bool tensor of shape ({v},), got "
-                             f"{self.valid.dtype} {tuple(self.valid.shape)}")
+            raise ValueError(
+                f"ragged valid must be a bool tensor of shape ({v},), got "
+                f"{self.valid.dtype} {tuple(self.valid.shape)}"
+            )
         if batch_index.shape != (v,):
             raise ValueError(f"batch_index must have shape ({v},), got {tuple(batch_index.shape)}")
         if self.ragged_batch_size is None or self.kind == GRID_2D or self.groups is not None:
-            raise ValueError("a ragged layout needs ragged_batch_size and takes no grid_size or groups")
+            raise ValueError(
+                "a ragged layout needs ragged_batch_size and takes no grid_size or groups"
+            )
 
     @property
     def is_ragged(self) -> bool:
@@ -100,7 +108,9 @@ class TokenLayout:
     @property
     def batch_size(self) -> int:
         if self.is_ragged:
-            assert self.ragged_batch_size is not None, "a ragged layout has ragged_batch_size (checked at init)"
+            assert self.ragged_batch_size is not None, (
+                "a ragged layout has ragged_batch_size (checked at init)"
+            )
             return self.ragged_batch_size
         return self.positions.shape[0]
 
@@ -151,22 +161,34 @@ class TokenLayout:
         return cls(GRID_2D, pos, valid, grid_size=(rows, cols), equal_counts=True)
 
     @classmethod
-    def points(cls, centers: torch.Tensor, valid: torch.Tensor | None = None,
-               equal_counts: bool = False) -> TokenLayout:
+    def points(
+        cls, centers: torch.Tensor, valid: torch.Tensor | None = None, equal_counts: bool = False
+    ) -> TokenLayout:
         """Layout of 3D tokens at ``centers: (B, N, 3)``."""
         if valid is None:
             valid = torch.ones(centers.shape[:2], dtype=torch.bool, device=centers.device)
         return cls(POINTS_3D, centers.float(), valid, equal_counts=equal_counts)
 
     @classmethod
-    def ragged(cls, positions: torch.Tensor, batch_index: torch.Tensor, batch_size: int,
-               kind: str = POINTS_3D, valid: torch.Tensor | None = None) -> TokenLayout:
+    def ragged(
+        cls,
+        positions: torch.Tensor,
+        batch_index: torch.Tensor,
+        batch_size: int,
+        kind: str = POINTS_3D,
+        valid: torch.Tensor | None = None,
+    ) -> TokenLayout:
         """Ragged layout of a flat token list (e.g. voxels): ``positions (V, D)``,
         ``batch_index (V,)`` in ``[0, batch_size)``."""
         if valid is None:
             valid = torch.ones(positions.shape[0], dtype=torch.bool, device=positions.device)
-        return cls(kind, positions.float(), valid, batch_index=batch_index.long(),
-                   ragged_batch_size=int(batch_size))
+        return cls(
+            kind,
+            positions.float(),
+            valid,
+            batch_index=batch_index.long(),
+            ragged_batch_size=int(batch_size),
+        )
 
     @classmethod
     def sequence(cls, valid: torch.Tensor, word_ids: torch.Tensor | None = None) -> TokenLayout:

@@ -62,7 +62,9 @@ def restore_order(
     return gather_tokens(torch.cat([visible, hidden], dim=1), ids_restore)
 
 
-def scatter_tokens(values: torch.Tensor, ids: torch.Tensor, num_tokens: int, fill=0.0) -> torch.Tensor:
+def scatter_tokens(
+    values: torch.Tensor, ids: torch.Tensor, num_tokens: int, fill=0.0
+) -> torch.Tensor:
     """Place ``values: (B, K, *)`` at token indices ``ids: (B, K)`` of a ``(B, N, *)`` tensor."""
     out = values.new_full((values.shape[0], num_tokens, *values.shape[2:]), fill)
     index = ids.reshape(*ids.shape, *([1] * (values.dim() - 2))).expand_as(values)

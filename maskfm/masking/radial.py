@@ -44,8 +44,12 @@ def azimuth_sectors(positions: torch.Tensor, sector_deg: float) -> torch.Tensor:
 
 
 def keep_random_sectors(
-    sectors: torch.Tensor, group: torch.Tensor, num_groups: int, num_sectors: int,
-    keep_ratio: float, generator: torch.Generator | None,
+    sectors: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    num_sectors: int,
+    keep_ratio: float,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Per group (sample), keep ``int(keep_ratio * non-empty sectors)`` random non-empty sectors.
 
@@ -98,9 +102,13 @@ def radial_mask(
     num_sectors = math.ceil(360.0 / sector_deg)
     if mode == "sensor":
         sectors = azimuth_sectors(positions, sector_deg)
-        kept = keep_random_sectors(sectors, batch_idx.long(), batch_size, num_sectors, keep_ratio, generator)
+        kept = keep_random_sectors(
+            sectors, batch_idx.long(), batch_size, num_sectors, keep_ratio, generator
+        )
     else:
-        kept = released_keep(positions, num_sectors, sector_deg, keep_ratio, generator, grid_min, voxel_size)
+        kept = released_keep(
+            positions, num_sectors, sector_deg, keep_ratio, generator, grid_min, voxel_size
+        )
     if range_aware:
         if mode == "released":  # Radial_MAE_ra: voxel-index units from the grid corner (its bug)
             distance = grid_index_distance(positions, grid_min, voxel_size)
@@ -115,7 +123,9 @@ def released_keep(positions, num_sectors, sector_deg, keep_ratio, generator, gri
     if grid_min is None or voxel_size is None:
         raise ValueError("mode='released' needs grid_min=(x_min, y_min) and voxel_size=(vx, vy)")
     if float(sector_deg) != int(sector_deg):
-        raise ValueError(f"mode='released' iterates whole degrees; sector_deg={sector_deg} is not an integer")
+        raise ValueError(
+            f"mode='released' iterates whole degrees; sector_deg={sector_deg} is not an integer"
+        )
     x_idx = ((positions[:, 0] - grid_min[0]) / voxel_size[0]).floor()
     y_idx = ((positions[:, 1] - grid_min[1]) / voxel_size[1]).floor()
     as_grid = torch.stack([y_idx, x_idx], dim=1)  # the code's atan2(voxel_coords[:, 3], [:, 2])
@@ -141,7 +151,9 @@ def range_band_keep(distance: torch.Tensor, keep_ratio: float, generator) -> tor
     """Keep each token with probability ``keep_ratio + bonus(band)``; bands at 30 / 50 (metres,
     or index units in the released mode)."""
     band = torch.bucketize(distance, torch.tensor(RANGE_BANDS_M, device=distance.device))
-    keep_p = (keep_ratio + torch.tensor(RANGE_KEEP_BONUS, device=distance.device)[band]).clamp(max=1.0)
+    keep_p = (keep_ratio + torch.tensor(RANGE_KEEP_BONUS, device=distance.device)[band]).clamp(
+        max=1.0
+    )
     return torch.rand(distance.shape, generator=generator, device=distance.device) < keep_p
 
 
@@ -157,8 +169,15 @@ class RadialMasker(Masker):
 
     supported_kinds = (POINTS_3D,)
 
-    def __init__(self, ratio: float = 0.9, sector_deg: float = 1.0, mode: str = "sensor",
-                 range_aware: bool = False, grid_min=None, voxel_size=None) -> None:
+    def __init__(
+        self,
+        ratio: float = 0.9,
+        sector_deg: float = 1.0,
+        mode: str = "sensor",
+        range_aware: bool = False,
+        grid_min=None,
+        voxel_size=None,
+    ) -> None:
         super().__init__(ratio)
         if mode not in MODES:
             raise ValueError(f"radial mask mode must be one of {MODES}, got {mode!r}")
@@ -181,21 +200,36 @@ class RadialMasker(Masker):
         """``(B, N)``: one random score per (sample, sector), shared by the sector's tokens."""
         b, n, _ = layout.positions.shape
         sectors = azimuth_sectors(layout.positions.reshape(b * n, -1), self.sector_deg).view(b, n)
-        per_sector = torch.rand(b, math.ceil(360.0 / self.sector_deg), generator=generator, device=layout.device)
+        per_sector = torch.rand(
+            b, math.ceil(360.0 / self.sector_deg), generator=generator, device=layout.device
+        )
         return per_sector.gather(1, sectors)
 
     def hide(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         if layout.equal_counts:  # whole sectors in random order, the last one in part
             if self.mode != "sensor" or self.range_aware:
-                raise ValueError(f"{self!r}: only mode=sensor without range bands can hide an equal number "
-                                 "of tokens per sample, which this method's encoder needs")
-            return mask_from_scores(self.sector_scores(layout, generator), layout.valid, self.ratio, generator)
+                raise ValueError(
+                    f"{self!r}: only mode=sensor without range bands can hide an equal number "
+                    "of tokens per sample, which this method's encoder needs"
+                )
+            return mask_from_scores(
+                self.sector_scores(layout, generator), layout.valid, self.ratio, generator
+            )
         if layout.is_ragged:
             hidden = torch.zeros_like(layout.valid)
             valid = layout.valid
-            hidden[valid] = radial_mask(layout.positions[valid], layout.ragged_batch_index[valid], layout.batch_size,
-                                        self.ratio, self.sector_deg, generator, self.mode, self.range_aware,
-                                        self.grid_min, self.voxel_size)
+            hidden[valid] = radial_mask(
+                layout.positions[valid],
+                layout.ragged_batch_index[valid],
+                layout.batch_size,
+                self.ratio,
+                self.sector_deg,
+                generator,
+                self.mode,
+                self.range_aware,
+                self.grid_min,
+                self.voxel_size,
+            )
             return hidden
         b, n, _ = layout.positions.shape
         batch_index = torch.arange(b, device=layout.device)[:, None].expand(b, n)
@@ -205,5 +239,7 @@ class RadialMasker(Masker):
         return hidden
 
     def __repr__(self) -> str:
-        return (f"RadialMasker(ratio={self.ratio}, sector_deg={self.sector_deg}, mode={self.mode!r}, "
-                f"range_aware={self.range_aware})")
+        return (
+            f"RadialMasker(ratio={self.ratio}, sector_deg={self.sector_deg}, mode={self.mode!r}, "
+            f"range_aware={self.range_aware})"
+        )

@@ -16,7 +16,10 @@ from maskfm.masking.layout import SEQUENCE, TokenLayout
 
 
 def whole_word_mask(
-    word_ids: torch.Tensor, valid: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+    word_ids: torch.Tensor,
+    valid: torch.Tensor,
+    ratio: float,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Hide random whole words, up to ``round(ratio * valid tokens)`` tokens per sample.
 
@@ -34,7 +37,9 @@ def whole_word_mask(
     dev = word_ids.device
     in_word = valid & (word_ids >= 0)
     ids = torch.where(in_word, word_ids, torch.full_like(word_ids, n)).clamp(max=n)  # n = "no word"
-    length = torch.zeros(b, n + 1, dtype=torch.long, device=dev).scatter_add_(1, ids, in_word.long())[:, :n]
+    length = torch.zeros(b, n + 1, dtype=torch.long, device=dev).scatter_add_(
+        1, ids, in_word.long()
+    )[:, :n]
     budget = num_hidden(valid.sum(dim=1), ratio)  # [B]
     score = torch.rand(b, n, generator=generator, device=dev).masked_fill(length == 0, 2.0)
     order = score.argsort(dim=1)  # random word order, empty word slots last
@@ -61,13 +66,20 @@ class WholeWordMasker(Masker):
     def hide(self, layout: TokenLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         groups = layout.groups
         if groups is None:
-            groups = torch.arange(layout.num_tokens, device=layout.device).expand(layout.batch_size, -1)
+            groups = torch.arange(layout.num_tokens, device=layout.device).expand(
+                layout.batch_size, -1
+            )
         return whole_word_mask(groups, layout.valid, self.ratio, generator)
 
 
 def mlm_corrupt(
-    input_ids: torch.Tensor, mask: torch.Tensor, mask_token_id: int, vocab_size: int,
-    generator: torch.Generator | None = None, replace: float = 0.8, random: float = 0.1,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
+    replace: float = 0.8,
+    random: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's corruption of hidden tokens: 80 % ``<mask>``, 10 % a random token, 10 % unchanged.
 
@@ -78,7 +90,9 @@ def mlm_corrupt(
     u = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
     to_mask = mask & (u < replace)
     to_random = mask & (u >= replace) & (u < replace + random)
-    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    random_ids = torch.randint(
+        vocab_size, input_ids.shape, generator=generator, device=input_ids.device
+    )
     corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     corrupted = torch.where(to_random, random_ids, corrupted)
     return corrupted, labels

@@ -22,12 +22,17 @@ def build_method(cfg: DictConfig, datamodule=None) -> MaskedMethod:
     from_data = datamodule.model_inputs() if datamodule is not None else {}
     method = instantiate(cfg.model, masker=masker, **from_data)
     if not isinstance(method, MaskedMethod):
-        raise TypeError(f"model._target_={cfg.model._target_} builds a {type(method).__name__}, "
-                        "not a maskfm.methods.contract.MaskedMethod")
+        raise TypeError(
+            f"model._target_={cfg.model._target_} builds a {type(method).__name__}, "
+            "not a maskfm.methods.contract.MaskedMethod"
+        )
     return method
 
 
 def build_system(cfg: DictConfig, datamodule=None) -> MaskedPretrainer:
     """The method wrapped in the shared pretrainer, with ``cfg.optim``'s optimiser and schedule."""
-    return MaskedPretrainer(build_method(cfg, datamodule), mask_seed=cfg.seed or 0,
-                            **instantiate(cfg.optim, _convert_="all"))
+    return MaskedPretrainer(
+        build_method(cfg, datamodule),
+        mask_seed=cfg.seed or 0,
+        **instantiate(cfg.optim, _convert_="all"),
+    )

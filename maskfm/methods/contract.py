@@ -72,7 +72,9 @@ class MaskedMethod(nn.Module, metaclass=ABCMeta):
     media: tuple[str, ...] = ()
 
     @abstractmethod
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         """One masked-modeling pass: mask with ``generator``, encode, decode, loss.
 
         Returns a :class:`MaskedModelingOutput` whose ``mask`` has the layout's shape and
@@ -93,10 +95,14 @@ class MaskedMethod(nn.Module, metaclass=ABCMeta):
         """Parameter names (as in ``named_parameters``) kept out of weight decay."""
         return set()
 
-    def reconstruction_panels(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
+    def reconstruction_panels(
+        self, batch: dict, out: MaskedModelingOutput
+    ) -> dict[str, torch.Tensor]:
         """Images ``(B, C, H, W)`` to look at, by panel name; declared by ``"panels"`` in media."""
         raise NotImplementedError(f"{type(self).__name__} draws no panels (media={self.media})")
 
-    def reconstruction_clouds(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
+    def reconstruction_clouds(
+        self, batch: dict, out: MaskedModelingOutput
+    ) -> dict[str, torch.Tensor]:
         """Point clouds ``(B, P, 3)`` to look at, by panel name; declared by ``"clouds"`` in media."""
         raise NotImplementedError(f"{type(self).__name__} draws no clouds (media={self.media})")

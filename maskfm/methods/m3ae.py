@@ -85,7 +85,9 @@ class TextEncoderConfig:
     max_position_embeddings: int = 514
     dropout: float = 0.1
     pretrained: str | None = None
-    allow_partial: bool = False  # accept a ``pretrained`` directory that sets only part of the encoder
+    allow_partial: bool = (
+        False  # accept a ``pretrained`` directory that sets only part of the encoder
+    )
 
 
 @dataclass
@@ -177,7 +179,11 @@ class M3AE(PixelReconstruction, MaskedMethod):
 
         self.masker = masker if masker is not None else RandomMasker(0.75)
         self.text_masker = text_masker if text_masker is not None else WholeWordMasker(0.15)
-        self.vocab_size, self.pad_token_id, self.mask_token_id = vocab_size, pad_token_id, mask_token_id
+        self.vocab_size, self.pad_token_id, self.mask_token_id = (
+            vocab_size,
+            pad_token_id,
+            mask_token_id,
+        )
         self.mim_layer, self.joint_pass, self.norm_pix_loss = mim_layer, joint_pass, norm_pix_loss
         self.loss_weights = {k: float(v) for k, v in weights.items()}
         self.mlm_replace, self.mlm_random = mlm_replace, mlm_random
@@ -185,8 +191,14 @@ class M3AE(PixelReconstruction, MaskedMethod):
 
         d, n, h = VIT_SIZES[image.size]
         self.encoder = ViTEncoder(  # "encoder": the image encoder, as for every method
-            image.img_size, image.patch_size, image.in_chans, image.embed_dim or d, image.depth or n,
-            image.num_heads or h, image.mlp_ratio, image.drop_path_rate,
+            image.img_size,
+            image.patch_size,
+            image.in_chans,
+            image.embed_dim or d,
+            image.depth or n,
+            image.num_heads or h,
+            image.mlp_ratio,
+            image.drop_path_rate,
         )
         if image.pretrained:
             load_image_weights(self.encoder, image.pretrained, image.allow_partial)
@@ -198,16 +210,31 @@ class M3AE(PixelReconstruction, MaskedMethod):
         self.image_proj = nn.Linear(self.encoder.embed_dim, dim)
         self.text_proj = nn.Linear(text_dim, dim)
         self.modality_embed = nn.Embedding(2, dim)  # 0 = text, 1 = image
-        self.fusion = CoAttentionFusion(dim, fusion.depth, fusion.num_heads, fusion.mlp_ratio, fusion.dropout)
+        self.fusion = CoAttentionFusion(
+            dim, fusion.depth, fusion.num_heads, fusion.mlp_ratio, fusion.dropout
+        )
         self.image_pooler, self.text_pooler = Pooler(dim), Pooler(dim)
         self.mlm_head = MLMHead(dim, vocab_size)
         self.itm_head = nn.Linear(2 * dim, 2)
-        for module in (self.image_proj, self.text_proj, self.modality_embed, self.fusion,
-                       self.image_pooler, self.text_pooler, self.mlm_head, self.itm_head):
+        for module in (
+            self.image_proj,
+            self.text_proj,
+            self.modality_embed,
+            self.fusion,
+            self.image_pooler,
+            self.text_pooler,
+            self.mlm_head,
+            self.itm_head,
+        ):
             module.apply(bert_init)
         patch_dim = image.patch_size**2 * image.in_chans
         self.mim_decoder = MAEDecoder(
-            self.grid_size, dim, patch_dim, decoder.embed_dim, decoder.depth, decoder.num_heads,
+            self.grid_size,
+            dim,
+            patch_dim,
+            decoder.embed_dim,
+            decoder.depth,
+            decoder.num_heads,
             image.mlp_ratio,
         )
 
@@ -224,35 +251,56 @@ class M3AE(PixelReconstruction, MaskedMethod):
         """Caption tokens as a sequence; words by the tokenizer's word ids, specials invalid."""
         word_ids = batch["word_ids"]
         b, n = word_ids.shape
-        positions = torch.arange(n, device=word_ids.device, dtype=torch.float32).expand(b, n)[..., None]
+        positions = torch.arange(n, device=word_ids.device, dtype=torch.float32).expand(b, n)[
+            ..., None
+        ]
         valid = batch["attention_mask"].bool() & (word_ids >= 0)
         return TokenLayout("sequence", positions, valid, groups=word_ids)
 
-    def encode_image(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_image(
+        self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, 1 + V, D)``: ViT tokens (CLS first) projected, plus the image-type embedding."""
         x = self.image_proj(self.encoder(imgs, ids_keep))
         return x + self.modality_embed.weight[1]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)``: every text-encoder layer, projected, plus the text-type embedding."""
-        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         return self.text_proj(hidden) + self.modality_embed.weight[0]
 
-    def infer(self, imgs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              ids_keep: torch.Tensor | None = None, num_layers: int | None = None) -> Fused:
+    def infer(
+        self,
+        imgs: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> Fused:
         image = self.encode_image(imgs, ids_keep)
         text = self.encode_text(input_ids, attention_mask)
         return self.fuse(image, text, attention_mask, num_layers)
 
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, attention_mask: torch.Tensor,
-             num_layers: int | None = None) -> Fused:
+    def fuse(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_layers: int | None = None,
+    ) -> Fused:
         """Co-attention over encoded tokens (``encode_image`` / ``encode_text`` outputs)."""
-        image_out, text_out = self.fusion(image, text, text_pad=~attention_mask.bool(), num_layers=num_layers)
+        image_out, text_out = self.fusion(
+            image, text, text_pad=~attention_mask.bool(), num_layers=num_layers
+        )
         return Fused(image_out, text_out)
 
     def itm_logits(self, fused: Fused) -> torch.Tensor:
         """``(B, 2)`` logits, class 1 = the image matches the text."""
-        pooled = torch.cat([self.text_pooler(fused.text[-1]), self.image_pooler(fused.image[-1])], dim=-1)
+        pooled = torch.cat(
+            [self.text_pooler(fused.text[-1]), self.image_pooler(fused.image[-1])], dim=-1
+        )
         return self.itm_head(pooled)
 
     # -- objective pieces ------------------------------------------------------------------
@@ -262,8 +310,15 @@ class M3AE(PixelReconstruction, MaskedMethod):
     def mask_text(self, batch: dict, generator: torch.Generator | None):
         """(corrupted ids, labels with -100 where not scored, hidden mask)."""
         hidden = self.text_masker(self.text_layout(batch), generator)
-        ids, labels = mlm_corrupt(batch["input_ids"], hidden, self.mask_token_id, self.vocab_size,
-                                  generator, self.mlm_replace, self.mlm_random)
+        ids, labels = mlm_corrupt(
+            batch["input_ids"],
+            hidden,
+            self.mask_token_id,
+            self.vocab_size,
+            generator,
+            self.mlm_replace,
+            self.mlm_random,
+        )
         return ids, labels, hidden
 
     def mismatch(self, imgs: torch.Tensor, generator: torch.Generator | None):
@@ -274,13 +329,23 @@ class M3AE(PixelReconstruction, MaskedMethod):
         """
         b = imgs.shape[0]
         if b < 2:
-            raise ValueError("image-text matching needs at least 2 samples per batch to draw mismatches")
+            raise ValueError(
+                "image-text matching needs at least 2 samples per batch to draw mismatches"
+            )
         dev = imgs.device
-        labels = torch.cat([torch.ones(b // 2, dtype=torch.long, device=dev),
-                            torch.zeros(b - b // 2, dtype=torch.long, device=dev)])
+        labels = torch.cat(
+            [
+                torch.ones(b // 2, dtype=torch.long, device=dev),
+                torch.zeros(b - b // 2, dtype=torch.long, device=dev),
+            ]
+        )
         labels = labels[torch.randperm(b, generator=generator, device=dev)]
-        shift = torch.randint(1, b, (b,), generator=generator, device=dev)  # never 0: another sample
-        source = torch.where(labels.bool(), torch.arange(b, device=dev), (torch.arange(b, device=dev) + shift) % b)
+        shift = torch.randint(
+            1, b, (b,), generator=generator, device=dev
+        )  # never 0: another sample
+        source = torch.where(
+            labels.bool(), torch.arange(b, device=dev), (torch.arange(b, device=dev) + shift) % b
+        )
         return imgs[source], labels
 
     def mlm_loss(self, fused: Fused, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,7 +353,9 @@ class M3AE(PixelReconstruction, MaskedMethod):
         logits = self.mlm_head(fused.text[-1][scored])  # only scored tokens reach the vocab layer
         target = labels[scored]
         if target.numel() == 0:
-            raise ValueError("MLM: no token of the batch was hidden (captions too short for the ratio?)")
+            raise ValueError(
+                "MLM: no token of the batch was hidden (captions too short for the ratio?)"
+            )
         return F.cross_entropy(logits, target), (logits.argmax(-1) == target).float().mean()
 
     # -- the step --------------------------------------------------------------------------
@@ -302,7 +369,9 @@ class M3AE(PixelReconstruction, MaskedMethod):
         text_keys = ("input_ids", "attention_mask", "word_ids")
         return {**batch, **{k: batch[k][:, :length] for k in text_keys}}
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         batch = self.trim_padding(batch)
         imgs, ids, attn = batch["image"], batch["input_ids"], batch["attention_mask"]
         image_mask = self.masker(self.image_layout(imgs.shape[0], imgs.device), generator)
@@ -320,7 +389,9 @@ class M3AE(PixelReconstruction, MaskedMethod):
             mlm_fused = fused
         else:
             target = self.mim_target(imgs)
-            fused = self.infer(imgs, ids, attn, idx.ids_keep, num_layers=self.mim_layer)  # text intact
+            fused = self.infer(
+                imgs, ids, attn, idx.ids_keep, num_layers=self.mim_layer
+            )  # text intact
             pred = self.mim_decoder(fused.image[self.mim_layer - 1], idx.ids_restore)
             mim_mask = image_mask
             mlm_fused = self.infer(imgs, text_ids, attn)  # image intact
@@ -333,21 +404,31 @@ class M3AE(PixelReconstruction, MaskedMethod):
         parts = {"mim": mim, "mlm": mlm, "itm": itm}
         loss = cast(torch.Tensor, sum(self.loss_weights[k] * v for k, v in parts.items()))
         return MaskedModelingOutput(
-            loss=loss, parts=parts, pred=pred, mask=image_mask,
+            loss=loss,
+            parts=parts,
+            pred=pred,
+            mask=image_mask,
             metrics={"mlm_acc": mlm_acc.detach(), "itm_acc": itm_acc.detach()},
             extras={"mim_images": pair_imgs if self.joint_pass else imgs},
         )
 
     # -- evaluation helpers ----------------------------------------------------------------
     @torch.no_grad()
-    def mlm_logits(self, imgs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   positions: torch.Tensor) -> torch.Tensor:
+    def mlm_logits(
+        self,
+        imgs: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         """Vocabulary logits at ``positions`` (B, L) bool of already-corrupted ``input_ids``."""
         fused = self.infer(imgs, input_ids, attention_mask)
         return self.mlm_head(fused.text[-1][positions])
 
     @torch.no_grad()
-    def match_scores(self, image: torch.Tensor, text: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def match_scores(
+        self, image: torch.Tensor, text: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """``(B,)`` log-probability that encoded image ``i`` and encoded text ``i`` match (ITM).
 
         Takes ``encode_image`` / ``encode_text`` outputs, so retrieval encodes each item once

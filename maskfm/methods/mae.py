@@ -58,13 +58,24 @@ class MAE(PixelReconstruction, MaskedMethod):
         self.patch_size = patch_size
         self.norm_pix_loss = norm_pix_loss
         self.encoder = ViTEncoder(
-            img_size, patch_size, in_chans, embed_dim or d, depth or n, num_heads or h,
-            mlp_ratio, drop_path_rate,
+            img_size,
+            patch_size,
+            in_chans,
+            embed_dim or d,
+            depth or n,
+            num_heads or h,
+            mlp_ratio,
+            drop_path_rate,
         )
         self.grid_size = self.encoder.grid_size
         self.decoder = MAEDecoder(
-            self.grid_size, self.encoder.embed_dim, patch_size * patch_size * in_chans,
-            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+            self.grid_size,
+            self.encoder.embed_dim,
+            patch_size * patch_size * in_chans,
+            decoder_embed_dim,
+            decoder_depth,
+            decoder_num_heads,
+            mlp_ratio,
         )
 
     def no_weight_decay(self) -> set[str]:
@@ -89,7 +100,9 @@ class MAE(PixelReconstruction, MaskedMethod):
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
         return masked_mse(pred, self.target(imgs), mask)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         imgs = batch["image"]
         mask = self.masker(self.layout(imgs.shape[0], imgs.device), generator)
         latent, idx = self.forward_encoder(imgs, mask)

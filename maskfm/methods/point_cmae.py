@@ -36,7 +36,9 @@ from maskfm.nn.point_transformer import init_point_transformer
 CONTRAST = ("paper", "released")
 
 
-def double_mask_contrast(f1: torch.Tensor, f2: torch.Tensor, both: torch.Tensor, variant: str = "paper"):
+def double_mask_contrast(
+    f1: torch.Tensor, f2: torch.Tensor, both: torch.Tensor, variant: str = "paper"
+):
     """Contrastive constraint on doubly-hidden tokens.
 
     Args:
@@ -113,8 +115,18 @@ class PointCMAE(PointPatchAutoencoder, MaskedMethod):
     ) -> None:
         super().__init__()
         self.masker = masker or RandomMasker(0.6)
-        self.build_point_patch_parts(num_groups, group_size, embed_dim, depth, num_heads, drop_path_rate,
-                                     decoder_depth, decoder_num_heads, loss, pointnet_hidden)
+        self.build_point_patch_parts(
+            num_groups,
+            group_size,
+            embed_dim,
+            depth,
+            num_heads,
+            drop_path_rate,
+            decoder_depth,
+            decoder_num_heads,
+            loss,
+            pointnet_hidden,
+        )
         if contrast not in CONTRAST:
             raise ValueError(f"contrast must be one of {CONTRAST}, got {contrast!r}")
         self.contrast = contrast
@@ -124,17 +136,25 @@ class PointCMAE(PointPatchAutoencoder, MaskedMethod):
         trunc_normal_(self.decoder2.mask_token, std=0.02)
         width = self.encoder.embed_dim
         for name in ("cls_token1", "cls_pos1", "cls_token2", "cls_pos2"):
-            self.register_parameter(name, nn.Parameter(trunc_normal_(torch.zeros(1, 1, width), std=0.02)))
+            self.register_parameter(
+                name, nn.Parameter(trunc_normal_(torch.zeros(1, 1, width), std=0.02))
+            )
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token", "cls_token1", "cls_token2"}
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         groups = self.group(batch["points"])
         layout = self.layout(groups)
         mask1, mask2 = self.masker(layout, generator), self.masker(layout, generator)
-        pred1, target1, feats1 = self.reconstruct(groups, mask1, self.decoder, (self.cls_token1, self.cls_pos1))
-        pred2, target2, feats2 = self.reconstruct(groups, mask2, self.decoder2, (self.cls_token2, self.cls_pos2))
+        pred1, target1, feats1 = self.reconstruct(
+            groups, mask1, self.decoder, (self.cls_token1, self.cls_pos1)
+        )
+        pred2, target2, feats2 = self.reconstruct(
+            groups, mask2, self.decoder2, (self.cls_token2, self.cls_pos2)
+        )
         recon1, recon2 = self.forward_loss(pred1, target1), self.forward_loss(pred2, target2)
         contrast = double_mask_contrast(feats1, feats2, mask1 & mask2, self.contrast)
         loss = self.recon_weight * (recon1 + recon2) + self.contrast_weight * contrast

@@ -49,13 +49,25 @@ class PointMAE(PointPatchAutoencoder, MaskedMethod):
     ) -> None:
         super().__init__()
         self.masker = masker if masker is not None else RandomMasker(0.6)
-        self.build_point_patch_parts(num_groups, group_size, embed_dim, depth, num_heads, drop_path_rate,
-                                     decoder_depth, decoder_num_heads, loss, pointnet_hidden)
+        self.build_point_patch_parts(
+            num_groups,
+            group_size,
+            embed_dim,
+            depth,
+            num_heads,
+            drop_path_rate,
+            decoder_depth,
+            decoder_num_heads,
+            loss,
+            pointnet_hidden,
+        )
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         groups = self.group(batch["points"])
         mask = self.masker(self.layout(groups), generator)
         pred, target, _ = self.reconstruct(groups, mask, self.decoder)

@@ -27,7 +27,6 @@ from maskfm.methods.schedule import warmup_cosine, warmup_linear
 log = logging.getLogger(__name__)
 
 
-
 def lr_scale_of(name: str, multipliers: dict[str, float] | None) -> float:
     """The lr multiplier of parameter ``name``: the longest matching name prefix wins."""
     best, scale = -1, 1.0
@@ -60,7 +59,9 @@ def param_groups_weight_decay(
         groups.setdefault(key, []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
-        for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+        for (scale, decayed), params in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], not kv[0][1])
+        )
     ]
 
 
@@ -126,8 +127,14 @@ class MaskedPretrainer(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, betas=(0.9, 0.95))
         # plain tuples, not OmegaConf lists: checkpoints must load with weights_only=True
-        momentum_range = cast("tuple[float, float]", tuple(momentum_range)) if momentum_range is not None else None
-        lr_multipliers = {str(k): float(v) for k, v in lr_multipliers.items()} if lr_multipliers else None
+        momentum_range = (
+            cast("tuple[float, float]", tuple(momentum_range))
+            if momentum_range is not None
+            else None
+        )
+        lr_multipliers = (
+            {str(k): float(v) for k, v in lr_multipliers.items()} if lr_multipliers else None
+        )
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
         self.lr: float | None = None
@@ -137,14 +144,18 @@ class MaskedPretrainer(L.LightningModule):
         """The pretrained encoder, for evaluation and export."""
         return self.model.encoder
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         return self.model(batch, generator=generator)
 
     # -- steps ---------------------------------------------------------------------------
     def mask_generator(self, batch_idx: int, stage: str = "train") -> torch.Generator:
         stage_id = {"train": 0, "val": 1, "viz": 2}[stage]
         epoch = self.current_epoch if stage == "train" else 0
-        seed = hash((cast(Any, self.hparams).mask_seed, stage_id, epoch, batch_idx, self.global_rank))
+        seed = hash(
+            (cast(Any, self.hparams).mask_seed, stage_id, epoch, batch_idx, self.global_rank)
+        )
         return torch.Generator(device=self.device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
 
     def progress(self, batch_idx: int) -> Progress:
@@ -152,9 +163,12 @@ class MaskedPretrainer(L.LightningModule):
         total = float(self.trainer.estimated_stepping_batches)
         per_epoch = self.trainer.num_training_batches
         fraction = batch_idx / per_epoch if per_epoch and math.isfinite(per_epoch) else 0.0
-        return Progress(global_step=self.global_step, epoch=self.current_epoch,
-                        epoch_fraction=self.current_epoch + fraction,
-                        total_steps=int(total) if math.isfinite(total) else None)
+        return Progress(
+            global_step=self.global_step,
+            epoch=self.current_epoch,
+            epoch_fraction=self.current_epoch + fraction,
+            total_steps=int(total) if math.isfinite(total) else None,
+        )
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self.model.on_train_step(self.progress(batch_idx))
@@ -176,8 +190,13 @@ class MaskedPretrainer(L.LightningModule):
         nonfinite = self.nonfinite_on_any_rank(out.loss)
         loss = self.stop_or_skip(out) if nonfinite else out.loss
         if self.skip_nonfinite:
-            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False,
-                     batch_size=1)
+            self.log(
+                "train/skipped_nonfinite",
+                float(self.skipped_nonfinite),
+                on_step=True,
+                on_epoch=False,
+                batch_size=1,
+            )
         if not nonfinite:
             self.log_output("train", out, batch)
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -191,12 +210,17 @@ class MaskedPretrainer(L.LightningModule):
         intervals (a 5-step job with the default 10) would otherwise leave no ``metrics.csv`` at
         all, or one that stops before its final step.
         """
-        stepped = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # steps taken, resumed ones included
+        stepped = (
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        )  # steps taken, resumed ones included
         trainer = cast(Any, self.trainer)  # Lightning sets log_every_n_steps on it at runtime
         if stepped == 0 or stepped % trainer.log_every_n_steps == 0:
             return  # nothing trained, or Lightning logged this step itself
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
-                   if k.startswith("train/") and v.numel() == 1}
+        metrics = {
+            k: float(v)
+            for k, v in self.trainer.callback_metrics.items()
+            if k.startswith("train/") and v.numel() == 1
+        }
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=stepped - 1)
             logger.save()
@@ -212,15 +236,21 @@ class MaskedPretrainer(L.LightningModule):
         """
         loss, parts = float(out.loss.detach()), {k: float(v.detach()) for k, v in out.parts.items()}
         if math.isfinite(loss):  # another rank's loss is the bad one
-            message = (f"non-finite training loss on another rank at global step {self.global_step} "
-                       f"(this rank: loss {loss}, parts {parts})")
+            message = (
+                f"non-finite training loss on another rank at global step {self.global_step} "
+                f"(this rank: loss {loss}, parts {parts})"
+            )
         else:
             message = f"non-finite training loss {loss} at global step {self.global_step} (loss parts: {parts})"
         if not self.skip_nonfinite:
             raise FloatingPointError(f"{message}; stopping before it corrupts the weights")
         self.skipped_nonfinite += 1
         self._drop_update = True
-        log.warning("%s; batch skipped (trainer.skip_nonfinite=true, %d so far)", message, self.skipped_nonfinite)
+        log.warning(
+            "%s; batch skipped (trainer.skip_nonfinite=true, %d so far)",
+            message,
+            self.skipped_nonfinite,
+        )
         return cast(torch.Tensor, sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0)
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -244,7 +274,9 @@ class MaskedPretrainer(L.LightningModule):
     def log_output(self, stage: str, out: MaskedModelingOutput, batch: dict) -> None:
         bs = batch_size_of(batch)
         on_step = stage == "train"
-        kw: dict[str, Any] = dict(batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        kw: dict[str, Any] = dict(
+            batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step
+        )
         self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **kw)
         for name, value in {**out.parts, **out.metrics}.items():
             self.log(f"{stage}/{name}", value.detach(), **kw)
@@ -265,13 +297,23 @@ class MaskedPretrainer(L.LightningModule):
         hp = cast(Any, self.hparams)
         if hp.lr_reference_batch:
             lr = hp.base_lr * effective_batch_size / hp.lr_reference_batch
-            log.info("lr = base_lr %.3g x effective batch %d / %d = %.3g",
-                     hp.base_lr, effective_batch_size, hp.lr_reference_batch, lr)
+            log.info(
+                "lr = base_lr %.3g x effective batch %d / %d = %.3g",
+                hp.base_lr,
+                effective_batch_size,
+                hp.lr_reference_batch,
+                lr,
+            )
         else:  # the recipe gives an absolute lr
             lr = hp.base_lr
             log.info("lr = %.3g (absolute, effective batch %d)", lr, effective_batch_size)
-        groups = param_groups_weight_decay(self.model, hp.weight_decay, self.model.no_weight_decay(),
-                                           hp.lr_multipliers, hp.decay_all)
+        groups = param_groups_weight_decay(
+            self.model,
+            hp.weight_decay,
+            self.model.no_weight_decay(),
+            hp.lr_multipliers,
+            hp.decay_all,
+        )
         for group in groups:
             group["lr"] = lr * group["lr_scale"]
         return self.optimizer_factory(groups, lr=lr), lr
@@ -284,17 +326,30 @@ class MaskedPretrainer(L.LightningModule):
         total = float(self.trainer.estimated_stepping_batches)
         if hp.schedule == "onecycle":
             if not math.isfinite(total):
-                raise ValueError("schedule=onecycle needs a finite run (set trainer.max_epochs or max_steps)")
+                raise ValueError(
+                    "schedule=onecycle needs a finite run (set trainer.max_epochs or max_steps)"
+                )
             low, high = hp.momentum_range or (None, None)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(total), pct_start=hp.pct_start,
-                div_factor=hp.div_factor, final_div_factor=hp.final_div_factor, anneal_strategy="cos",
+                optimizer,
+                max_lr=[g["lr"] for g in groups],
+                total_steps=int(total),
+                pct_start=hp.pct_start,
+                div_factor=hp.div_factor,
+                final_div_factor=hp.final_div_factor,
+                anneal_strategy="cos",
                 cycle_momentum=hp.momentum_range is not None,
-                base_momentum=low or 0.85, max_momentum=high or 0.95,
+                base_momentum=low or 0.85,
+                max_momentum=high or 0.95,
             )
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
         if hp.schedule not in ("cosine", "linear"):
-            raise ValueError(f"schedule must be 'cosine', 'linear' or 'onecycle', got {hp.schedule!r}")
+            raise ValueError(
+                f"schedule must be 'cosine', 'linear' or 'onecycle', got {hp.schedule!r}"
+            )
         if hp.warmup_fraction is not None and math.isfinite(total):
             warmup = round(hp.warmup_fraction * total)
         elif hp.warmup_steps is not None:
@@ -307,18 +362,29 @@ class MaskedPretrainer(L.LightningModule):
         shape = warmup_cosine if hp.schedule == "cosine" else warmup_linear
         schedule = partial(shape, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # -- checkpoint extras -----------------------------------------------------------------
     # RNG states are stored as tensors and plain Python values, so checkpoints load with
     # torch.load(weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["maskfm_config"] = self.run_config
-        np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())  # legacy=True: a tuple
+        np_state = cast(
+            "tuple[str, np.ndarray, int, int, float]", np.random.get_state()
+        )  # legacy=True: a tuple
         np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np_state
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
-            "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+            "numpy": [
+                np_kind,
+                torch.from_numpy(np_keys.astype(np.int64)),
+                np_pos,
+                np_has_gauss,
+                np_gauss,
+            ],
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }

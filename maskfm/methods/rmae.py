@@ -77,18 +77,29 @@ class RMAE(MaskedMethod):
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.masker = masker if masker is not None else RadialMasker(0.9, sector_deg=1.0)
         if POINTS_3D not in self.masker.supported_kinds:
-            raise ValueError(f"R-MAE masks voxels (a points3d layout); {self.masker!r} supports "
-                             f"{list(self.masker.supported_kinds)}")
-        self.register_buffer("pc_min", torch.tensor(point_cloud_range[:3], dtype=torch.float32), persistent=False)
-        self.register_buffer("voxel", torch.tensor(voxel_size, dtype=torch.float32), persistent=False)
+            raise ValueError(
+                f"R-MAE masks voxels (a points3d layout); {self.masker!r} supports "
+                f"{list(self.masker.supported_kinds)}"
+            )
+        self.register_buffer(
+            "pc_min", torch.tensor(point_cloud_range[:3], dtype=torch.float32), persistent=False
+        )
+        self.register_buffer(
+            "voxel", torch.tensor(voxel_size, dtype=torch.float32), persistent=False
+        )
         self.sparse_shape = sparse_shape_of(point_cloud_range, voxel_size)
         backbones = {"plain": VoxelBackBone8x, "residual": VoxelResBackBone8x}
         if backbone not in backbones:
             raise ValueError(f"backbone must be one of {list(backbones)}, got {backbone!r}")
         self.encoder = backbones[backbone](in_channels, self.sparse_shape)
         self.decoder_kind = decoder
-        self.decoder = (SparseOccupancyDecoder(self.encoder.num_point_features, empty_per_occupied=empty_per_occupied)
-                        if decoder == "sparse" else DenseOccupancyDecoder(self.encoder.num_point_features))
+        self.decoder = (
+            SparseOccupancyDecoder(
+                self.encoder.num_point_features, empty_per_occupied=empty_per_occupied
+            )
+            if decoder == "sparse"
+            else DenseOccupancyDecoder(self.encoder.num_point_features)
+        )
 
     def voxel_centers(self, coords: torch.Tensor) -> torch.Tensor:
         """Metric ``(x, y, z)`` centres of ``[b, z, y, x]`` voxels, sensor at the origin."""
@@ -98,7 +109,9 @@ class RMAE(MaskedMethod):
     def layout(self, batch: dict) -> TokenLayout:
         """The voxels as a ragged ``points3d`` layout of their metric centres."""
         coords = batch["voxel_coords"]
-        return TokenLayout.ragged(self.voxel_centers(coords), coords[:, 0], int(batch["batch_size"]))
+        return TokenLayout.ragged(
+            self.voxel_centers(coords), coords[:, 0], int(batch["batch_size"])
+        )
 
     def encode(self, batch: dict, keep: torch.Tensor | None = None) -> dict:
         feats, coords = batch["voxel_features"], batch["voxel_coords"]
@@ -106,21 +119,39 @@ class RMAE(MaskedMethod):
             feats, coords = feats[keep], coords[keep]
         return self.encoder(feats, coords.int(), int(batch["batch_size"]))
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MaskedModelingOutput:
+    def forward(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> MaskedModelingOutput:
         coords, batch_size = batch["voxel_coords"], int(batch["batch_size"])
         hidden = self.masker(self.layout(batch), generator)
-        if int((~hidden).sum()) < 2:  # spconv asserts on an empty tensor, BatchNorm needs two values
+        if (
+            int((~hidden).sum()) < 2
+        ):  # spconv asserts on an empty tensor, BatchNorm needs two values
             raise ValueError(
                 f"R-MAE: {int((~hidden).sum())} of the batch's {len(coords)} voxels stay visible after masking "
                 f"({self.masker!r}); the sparse backbone needs at least 2: the sweeps fill too few "
-                "voxels (data.min_voxels) or sectors, or the ratio is too high")
+                "voxels (data.min_voxels) or sectors, or the ratio is too high"
+            )
         encoded = self.encode(batch, keep=~hidden)["encoded"]
-        args = (encoded.features, encoded.indices, tuple(encoded.spatial_shape), coords, batch_size, self.sparse_shape)
-        loss = (cast(SparseOccupancyDecoder, self.decoder).loss(*args, generator=generator)
-                if self.decoder_kind == "sparse"
-                else self.decoder.loss(*args))
-        return MaskedModelingOutput(loss=loss, parts={"occupancy": loss}, mask=hidden,
-                                    extras={"visible_fraction": (~hidden).float().mean()})
+        args = (
+            encoded.features,
+            encoded.indices,
+            tuple(encoded.spatial_shape),
+            coords,
+            batch_size,
+            self.sparse_shape,
+        )
+        loss = (
+            cast(SparseOccupancyDecoder, self.decoder).loss(*args, generator=generator)
+            if self.decoder_kind == "sparse"
+            else self.decoder.loss(*args)
+        )
+        return MaskedModelingOutput(
+            loss=loss,
+            parts={"occupancy": loss},
+            mask=hidden,
+            extras={"visible_fraction": (~hidden).float().mean()},
+        )
 
     @torch.no_grad()
     def features(self, batch: dict) -> torch.Tensor:
@@ -129,13 +160,22 @@ class RMAE(MaskedMethod):
         out = self.encode(batch)
         coords = batch["voxel_coords"].long()
         stages = [*out["multi_scale"].values(), out["encoded"]]
-        return torch.cat([gather_coarse(s.features, s.indices, tuple(s.spatial_shape), coords, self.sparse_shape)[0]
-                          for s in stages], dim=1)
+        return torch.cat(
+            [
+                gather_coarse(
+                    s.features, s.indices, tuple(s.spatial_shape), coords, self.sparse_shape
+                )[0]
+                for s in stages
+            ],
+            dim=1,
+        )
 
     media = ("clouds",)
 
     @torch.no_grad()
-    def reconstruction_clouds(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
+    def reconstruction_clouds(
+        self, batch: dict, out: MaskedModelingOutput
+    ) -> dict[str, torch.Tensor]:
         """Voxel centres ``(1, P, 3)`` of the first sweep: input, visible (kept by the mask) and
         reconstruction (the input voxels the decoder, reading the visible ones only, calls
         occupied; a picture of recall, empty cells are not drawn)."""
@@ -151,5 +191,8 @@ class RMAE(MaskedMethod):
             dense = self.decoder(densify(*args, int(batch["batch_size"])))
             logits = dense[0, 0][tuple(queries[:, 1:].unbind(1))]
         centers = self.voxel_centers(coords)
-        return {"input": centers[first][None], "visible": centers[first & ~hidden][None],
-                "reconstruction": centers[first][logits > 0][None]}
+        return {
+            "input": centers[first][None],
+            "visible": centers[first & ~hidden][None],
+            "reconstruction": centers[first][logits > 0][None],
+        }

@@ -82,7 +82,9 @@ def _nearest_indices(
             better = val < best2
             best2 = torch.where(better, val, best2)
             idx2 = torch.where(better, arg, idx2)
-    return torch.cat(idx1, dim=1), cast(torch.Tensor, idx2)  # set by the loop (torch.cat raises when n = 0)
+    return torch.cat(idx1, dim=1), cast(
+        torch.Tensor, idx2
+    )  # set by the loop (torch.cat raises when n = 0)
 
 
 def nearest_sq_dists(

@@ -17,7 +17,9 @@ from torch import nn
 class CoAttentionLayer(nn.Module):
     """Self-attention -> cross-attention -> feed-forward, each with dropout, residual, LayerNorm."""
 
-    def __init__(self, dim: int = 768, num_heads: int = 12, mlp_ratio: float = 4.0, dropout: float = 0.1) -> None:
+    def __init__(
+        self, dim: int = 768, num_heads: int = 12, mlp_ratio: float = 4.0, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
@@ -26,27 +28,53 @@ class CoAttentionLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, other: torch.Tensor, x_pad: torch.Tensor | None = None,
-                other_pad: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        other: torch.Tensor,
+        x_pad: torch.Tensor | None = None,
+        other_pad: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x: (B, N, D)`` attends to itself then to ``other: (B, M, D)``; ``*_pad`` True = padding."""
-        h = self.norm1(x + self.dropout(self.self_attn(x, x, x, key_padding_mask=x_pad, need_weights=False)[0]))
-        h = self.norm2(h + self.dropout(
-            self.cross_attn(h, other, other, key_padding_mask=other_pad, need_weights=False)[0]))
+        h = self.norm1(
+            x + self.dropout(self.self_attn(x, x, x, key_padding_mask=x_pad, need_weights=False)[0])
+        )
+        h = self.norm2(
+            h
+            + self.dropout(
+                self.cross_attn(h, other, other, key_padding_mask=other_pad, need_weights=False)[0]
+            )
+        )
         return self.norm3(h + self.dropout(self.ffn(h)))
 
 
 class CoAttentionFusion(nn.Module):
     """``depth`` co-attention layers per modality (M3AE: 6 x 768 wide, 12 heads)."""
 
-    def __init__(self, dim: int = 768, depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        dim: int = 768,
+        depth: int = 6,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
-        self.image_layers = nn.ModuleList(CoAttentionLayer(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
-        self.text_layers = nn.ModuleList(CoAttentionLayer(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.image_layers = nn.ModuleList(
+            CoAttentionLayer(dim, num_heads, mlp_ratio, dropout) for _ in range(depth)
+        )
+        self.text_layers = nn.ModuleList(
+            CoAttentionLayer(dim, num_heads, mlp_ratio, dropout) for _ in range(depth)
+        )
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, image_pad: torch.Tensor | None = None,
-                text_pad: torch.Tensor | None = None, num_layers: int | None = None,
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_pad: torch.Tensor | None = None,
+        text_pad: torch.Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Returns the outputs of every layer: ``[image after layer 0, ...]``, ``[text after ...]``.
 
         M3AE's vision decoder reads ``image_outputs[mim_layer - 1]`` (the released code takes
@@ -60,8 +88,10 @@ class CoAttentionFusion(nn.Module):
         image_outputs, text_outputs = [], []
         layers = zip(self.image_layers[:num_layers], self.text_layers[:num_layers], strict=True)
         for image_layer, text_layer in layers:
-            image, text = (image_layer(image, text, image_pad, text_pad),
-                           text_layer(text, image, text_pad, image_pad))
+            image, text = (
+                image_layer(image, text, image_pad, text_pad),
+                text_layer(text, image, text_pad, image_pad),
+            )
             image_outputs.append(image)
             text_outputs.append(text)
         return image_outputs, text_outputs

@@ -76,5 +76,11 @@ class PixelReconstruction:
     @torch.no_grad()
     def reconstruction_panels(self, batch: dict, out) -> dict[str, torch.Tensor]:
         assert out.pred is not None and out.mask is not None, "pixel methods set pred and mask"
-        return pixel_reconstruction_panels(self.panel_images(batch, out), out.pred, out.mask, self.patch_size,
-                                           self.grid_size, self.norm_pix_loss)
+        return pixel_reconstruction_panels(
+            self.panel_images(batch, out),
+            out.pred,
+            out.mask,
+            self.patch_size,
+            self.grid_size,
+            self.norm_pix_loss,
+        )

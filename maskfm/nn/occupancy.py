@@ -29,12 +29,20 @@ class DenseOccupancyDecoder(nn.Module):
     def __init__(self, in_channels: int = 128) -> None:
         super().__init__()
         self.deconv1 = nn.Sequential(
-            nn.ConvTranspose3d(in_channels, 32, 3, stride=2, padding=1, output_padding=1, bias=False),
-            nn.BatchNorm3d(32), nn.ReLU())
+            nn.ConvTranspose3d(
+                in_channels, 32, 3, stride=2, padding=1, output_padding=1, bias=False
+            ),
+            nn.BatchNorm3d(32),
+            nn.ReLU(),
+        )
         self.deconv2 = nn.Sequential(
             nn.ConvTranspose3d(32, 8, 3, stride=(4, 2, 2), padding=1, output_padding=1, bias=False),
-            nn.BatchNorm3d(8), nn.ReLU())
-        self.deconv3 = nn.ConvTranspose3d(8, 1, 3, stride=(3, 2, 2), padding=1, output_padding=1, bias=False)
+            nn.BatchNorm3d(8),
+            nn.ReLU(),
+        )
+        self.deconv3 = nn.ConvTranspose3d(
+            8, 1, 3, stride=(3, 2, 2), padding=1, output_padding=1, bias=False
+        )
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """``(B, C, 2, Y/8, X/8)`` -> ``(B, 1, 41, Y, X)`` logits (shape for the KITTI-like grids)."""
@@ -45,14 +53,18 @@ class DenseOccupancyDecoder(nn.Module):
         dense = densify(features, coords, spatial_shape, batch_size)
         logits = self(dense)[:, 0]
         if tuple(logits.shape[1:]) != tuple(full_shape):
-            raise ValueError(f"dense decoder output {tuple(logits.shape[1:])} != voxel grid {tuple(full_shape)}")
+            raise ValueError(
+                f"dense decoder output {tuple(logits.shape[1:])} != voxel grid {tuple(full_shape)}"
+            )
         target = torch.zeros_like(logits)
         b, z, y, x = target_coords.long().unbind(1)
         target[b, z, y, x] = 1.0
         return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def densify(features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int) -> torch.Tensor:
+def densify(
+    features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int
+) -> torch.Tensor:
     """Sparse ``(M, C)`` at ``[b, z, y, x]`` -> dense ``(B, C, Z, Y, X)`` (zeros elsewhere)."""
     dense = features.new_zeros(batch_size, *spatial_shape, features.shape[1])
     b, z, y, x = coords.long().unbind(1)
@@ -76,7 +88,9 @@ def gather_coarse(features, coords, spatial_shape, queries, full_shape, radius: 
     scaled = queries[:, 1:].float() * coarse / torch.tensor(tuple(full_shape), device=dev)
     cell = scaled.floor().long()
     batch = queries[:, 0].long()
-    num_batches = int(max(batch.max(), coords[:, 0].max()) + 1) if len(queries) and len(coords) else 1
+    num_batches = (
+        int(max(batch.max(), coords[:, 0].max()) + 1) if len(queries) and len(coords) else 1
+    )
     lookup = torch.full((num_batches, *spatial_shape), -1, dtype=torch.long, device=dev)
     b, z, y, x = coords.long().unbind(1)
     lookup[b, z, y, x] = torch.arange(len(coords), device=dev)
@@ -108,23 +122,43 @@ class SparseOccupancyDecoder(nn.Module):
         empty_per_occupied: sampled empty cells per occupied voxel.
     """
 
-    def __init__(self, in_channels: int = 128, reduced: int = 16, hidden: int = 64,
-                 empty_per_occupied: float = 2.0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 128,
+        reduced: int = 16,
+        hidden: int = 64,
+        empty_per_occupied: float = 2.0,
+    ) -> None:
         super().__init__()
         self.empty_per_occupied = empty_per_occupied
         self.reduce = nn.Linear(in_channels, reduced)
         self.mlp = nn.Sequential(
-            nn.Linear(reduced * 27 + 6, hidden), nn.LayerNorm(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            nn.Linear(reduced * 27 + 6, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, features, coords, spatial_shape, queries, full_shape) -> torch.Tensor:
         """Logits ``(Q,)`` at full-resolution query cells ``queries (Q, 4)`` ``[b, z, y, x]``."""
-        gathered, offset = gather_coarse(self.reduce(features), coords, spatial_shape, queries, full_shape, radius=1)
+        gathered, offset = gather_coarse(
+            self.reduce(features), coords, spatial_shape, queries, full_shape, radius=1
+        )
         fine = queries[:, 1:].float() / torch.tensor(full_shape, device=queries.device)
         return self.mlp(torch.cat([gathered, offset, fine], dim=1)).squeeze(1)
 
-    def loss(self, features, coords, spatial_shape, target_coords, batch_size, full_shape,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        features,
+        coords,
+        spatial_shape,
+        target_coords,
+        batch_size,
+        full_shape,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Unbiased estimate of the dense mean BCE over all cells of every sample's grid."""
         dev = target_coords.device
         cells = int(torch.tensor(full_shape).prod())
@@ -134,12 +168,14 @@ class SparseOccupancyDecoder(nn.Module):
         sample_b = torch.repeat_interleave(torch.arange(batch_size, device=dev), n_empty_samples)
         full = torch.tensor(full_shape, device=dev)
         rand = torch.rand(len(sample_b), 3, generator=generator, device=dev)
-        sampled = torch.cat([sample_b[:, None], (rand * full).floor().long().minimum(full - 1)], dim=1)
+        sampled = torch.cat(
+            [sample_b[:, None], (rand * full).floor().long().minimum(full - 1)], dim=1
+        )
         # drop sampled cells that are occupied (they are counted with the occupied ones)
         key = lambda c: ((c[:, 0] * full[0] + c[:, 1]) * full[1] + c[:, 2]) * full[2] + c[:, 3]  # noqa: E731
         empty = sampled[~torch.isin(key(sampled), key(occupied))]
         logits = self(features, coords, spatial_shape, torch.cat([occupied, empty]), full_shape)
-        pos, neg = logits[: len(occupied)], logits[len(occupied):]
+        pos, neg = logits[: len(occupied)], logits[len(occupied) :]
         loss_pos = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
         loss_neg = F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="none")
         # weight of a sampled empty cell: (empty cells of its sample) / (samples kept for it)

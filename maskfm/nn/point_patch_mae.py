@@ -30,15 +30,29 @@ class PointPatchAutoencoder:
     decoder: PointPatchDecoder
     media = ("clouds",)
 
-    def build_point_patch_parts(self, num_groups: int, group_size: int, embed_dim: int, depth: int,
-                                num_heads: int, drop_path_rate: float, decoder_depth: int,
-                                decoder_num_heads: int, loss: str, pointnet_hidden) -> None:
+    def build_point_patch_parts(
+        self,
+        num_groups: int,
+        group_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        drop_path_rate: float,
+        decoder_depth: int,
+        decoder_num_heads: int,
+        loss: str,
+        pointnet_hidden,
+    ) -> None:
         if loss not in CHAMFER:
             raise ValueError(f"loss must be one of {list(CHAMFER)}, got {loss!r}")
         self.chamfer = CHAMFER[loss]
         self.grouper = PointGrouper(num_groups, group_size)
-        self.encoder = PointPatchEncoder(embed_dim, depth, num_heads, drop_path_rate, pointnet_hidden)
-        self.decoder = PointPatchDecoder(group_size, embed_dim, decoder_depth, decoder_num_heads, drop_path_rate)
+        self.encoder = PointPatchEncoder(
+            embed_dim, depth, num_heads, drop_path_rate, pointnet_hidden
+        )
+        self.decoder = PointPatchDecoder(
+            group_size, embed_dim, decoder_depth, decoder_num_heads, drop_path_rate
+        )
 
     def group(self, points: torch.Tensor) -> PointGroups:
         return self.grouper(points)
@@ -47,8 +61,13 @@ class PointPatchAutoencoder:
         """Patch centres; the encoder batches visible patches, so counts are equal per cloud."""
         return TokenLayout.points(groups.centers, equal_counts=True)
 
-    def reconstruct(self, groups: PointGroups, mask: torch.Tensor, decoder: PointPatchDecoder,
-                    prefix: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def reconstruct(
+        self,
+        groups: PointGroups,
+        mask: torch.Tensor,
+        decoder: PointPatchDecoder,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         """Encode visible patches (after optional prefix tokens), decode the hidden ones.
 
         Returns ``pred (B, H, M, 3)``, ``target (B, H, M, 3)`` (hidden patches in token order)
@@ -68,13 +87,27 @@ class PointPatchAutoencoder:
     def at_every_token(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, H, M, 3)`` hidden-patch predictions -> ``(B, G, M, 3)`` aligned with ``mask``
         (zeros at visible patches), the layout of :class:`MaskedModelingOutput.pred`."""
-        ids_masked = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, mask.shape[1] - pred.shape[1]:]
+        ids_masked = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[
+            :, mask.shape[1] - pred.shape[1] :
+        ]
         return scatter_tokens(pred, ids_masked, mask.shape[1])
 
-    def output(self, loss: torch.Tensor, parts: dict, pred: torch.Tensor, target: torch.Tensor,
-               mask: torch.Tensor, groups: PointGroups) -> MaskedModelingOutput:
-        return MaskedModelingOutput(loss=loss, parts=parts, pred=self.at_every_token(pred, mask), mask=mask,
-                                    extras={"centers": groups.centers, "target": target})
+    def output(
+        self,
+        loss: torch.Tensor,
+        parts: dict,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        groups: PointGroups,
+    ) -> MaskedModelingOutput:
+        return MaskedModelingOutput(
+            loss=loss,
+            parts=parts,
+            pred=self.at_every_token(pred, mask),
+            mask=mask,
+            extras={"centers": groups.centers, "target": target},
+        )
 
     @torch.no_grad()
     def features(self, batch: dict) -> torch.Tensor:
@@ -84,14 +117,23 @@ class PointPatchAutoencoder:
         return tokens
 
     @torch.no_grad()
-    def reconstruction_clouds(self, batch: dict, out: MaskedModelingOutput) -> dict[str, torch.Tensor]:
+    def reconstruction_clouds(
+        self, batch: dict, out: MaskedModelingOutput
+    ) -> dict[str, torch.Tensor]:
         """Point clouds ``(B, P, 3)`` to look at: input, visible patches, visible + predicted."""
         groups = self.group(batch["points"])
         b = groups.neighborhood.shape[0]
         absolute = groups.neighborhood + groups.centers[:, :, None]
-        assert out.pred is not None and out.mask is not None, "a point-patch forward sets pred and mask"
+        assert out.pred is not None and out.mask is not None, (
+            "a point-patch forward sets pred and mask"
+        )
         visible = absolute[~out.mask].reshape(b, -1, 3)
         hidden_centers = out.extras["centers"][out.mask].reshape(b, -1, 1, 3)
-        predicted = (out.pred[out.mask].reshape(b, -1, *out.pred.shape[2:]) + hidden_centers).reshape(b, -1, 3)
-        return {"input": batch["points"], "visible": visible,
-                "reconstruction": torch.cat([visible, predicted], dim=1)}
+        predicted = (
+            out.pred[out.mask].reshape(b, -1, *out.pred.shape[2:]) + hidden_centers
+        ).reshape(b, -1, 3)
+        return {
+            "input": batch["points"],
+            "visible": visible,
+            "reconstruction": torch.cat([visible, predicted], dim=1),
+        }

@@ -42,7 +42,10 @@ class MiniPointNet(nn.Module):
             nn.Conv1d(3, h0, 1), nn.BatchNorm1d(h0), nn.ReLU(inplace=True), nn.Conv1d(h0, h1, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(2 * h1, h2, 1), nn.BatchNorm1d(h2), nn.ReLU(inplace=True), nn.Conv1d(h2, out_dim, 1)
+            nn.Conv1d(2 * h1, h2, 1),
+            nn.BatchNorm1d(h2),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(h2, out_dim, 1),
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -82,7 +85,9 @@ class TransformerWithPos(nn.Module):
         super().__init__()
         rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=r, norm_layer=nn.LayerNorm)
+            Block(
+                dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=r, norm_layer=nn.LayerNorm
+            )
             for r in rates
         )
 
@@ -148,7 +153,10 @@ class PointPatchEncoder(nn.Module):
         idx = None
         if mask is not None:
             idx = mask_indices(mask)
-            tokens, centers = gather_tokens(tokens, idx.ids_keep), gather_tokens(centers, idx.ids_keep)
+            tokens, centers = (
+                gather_tokens(tokens, idx.ids_keep),
+                gather_tokens(centers, idx.ids_keep),
+            )
         pos = self.pos_embed(centers)
         if prefix is not None:
             b = tokens.shape[0]
@@ -197,7 +205,10 @@ class PointPatchDecoder(nn.Module):
         b, v, c = latent.shape
         n_hidden = idx.ids_masked.shape[1]
         pos = self.pos_embed(
-            torch.cat([gather_tokens(centers, idx.ids_keep), gather_tokens(centers, idx.ids_masked)], dim=1)
+            torch.cat(
+                [gather_tokens(centers, idx.ids_keep), gather_tokens(centers, idx.ids_masked)],
+                dim=1,
+            )
         )
         x = torch.cat([latent, self.mask_token.expand(b, n_hidden, -1)], dim=1)
         x = self.blocks(x, pos)  # [B, V + H, C]

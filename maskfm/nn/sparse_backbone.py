@@ -84,8 +84,15 @@ def _down_block(
 
 
 def _conv_out(channels_in: int, last_pad: int, algo: Any) -> nn.Module:
-    conv = sparse_conv3d(channels_in, 128, (3, 1, 1), stride=(2, 1, 1), padding=last_pad,
-                         indice_key="spconv_down2", algo=algo)
+    conv = sparse_conv3d(
+        channels_in,
+        128,
+        (3, 1, 1),
+        stride=(2, 1, 1),
+        padding=last_pad,
+        indice_key="spconv_down2",
+        algo=algo,
+    )
     return _conv_bn_relu(conv, 128)
 
 
@@ -131,7 +138,9 @@ class _Backbone8x(nn.Module):
         require_spconv()
         shape = tuple(int(s) for s in sparse_shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"sparse_shape must be 3 positive ints (z, y, x), got {sparse_shape!r}")
+            raise ValueError(
+                f"sparse_shape must be 3 positive ints (z, y, x), got {sparse_shape!r}"
+            )
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         self.in_channels = int(in_channels)
@@ -165,8 +174,12 @@ class _Backbone8x(nn.Module):
         return {
             "encoded": self.conv_out(x_conv4),
             "encoded_stride": 8,
-            "multi_scale": {"x_conv1": x_conv1, "x_conv2": x_conv2,
-                            "x_conv3": x_conv3, "x_conv4": x_conv4},
+            "multi_scale": {
+                "x_conv1": x_conv1,
+                "x_conv2": x_conv2,
+                "x_conv3": x_conv3,
+                "x_conv4": x_conv4,
+            },
             "multi_scale_strides": {"x_conv1": 1, "x_conv2": 2, "x_conv3": 4, "x_conv4": 8},
         }
 

@@ -332,7 +332,11 @@ def subm_conv3d(
     """
     spconv = require_spconv()
     return spconv.SubMConv3d(
-        in_channels, out_channels, kernel_size, bias=False, indice_key=indice_key,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=False,
+        indice_key=indice_key,
         algo=default_algo() if algo == "auto" else algo,
     )
 
@@ -352,8 +356,14 @@ def sparse_conv3d(
     """
     spconv = require_spconv()
     return spconv.SparseConv3d(
-        in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False,
-        indice_key=indice_key, algo=default_algo() if algo == "auto" else algo,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        bias=False,
+        indice_key=indice_key,
+        algo=default_algo() if algo == "auto" else algo,
     )
 
 
@@ -368,6 +378,10 @@ def sparse_inverse_conv3d(
     was built with the same ``indice_key`` (same kernel size)."""
     spconv = require_spconv()
     return spconv.SparseInverseConv3d(
-        in_channels, out_channels, kernel_size, indice_key=indice_key, bias=False,
+        in_channels,
+        out_channels,
+        kernel_size,
+        indice_key=indice_key,
+        bias=False,
         algo=default_algo() if algo == "auto" else algo,
     )

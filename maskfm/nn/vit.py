@@ -36,8 +36,14 @@ def transformer_blocks(
     """``depth`` timm pre-norm blocks with qkv bias and a linear drop-path ramp."""
     rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
     return nn.ModuleList(
-        Block(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=r,
-              norm_layer=cast(type[nn.Module], LayerNorm6))  # timm types it as a class; a partial works
+        Block(
+            dim,
+            num_heads,
+            mlp_ratio,
+            qkv_bias=True,
+            drop_path=r,
+            norm_layer=cast(type[nn.Module], LayerNorm6),
+        )  # timm types it as a class; a partial works
         for r in rates
     )
 
@@ -80,7 +86,9 @@ class ViTEncoder(nn.Module):
         self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False
+        )
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
         self.norm = LayerNorm6(embed_dim)
         self.reset_parameters()

@@ -32,7 +32,6 @@ _SPECIAL_ORDER = {
 }
 
 
-
 def train_tokenizer(corpus: Iterable[str], kind: str = "bpe", vocab_size: int = 1000):
     """Train a ``transformers.PreTrainedTokenizerFast`` on ``corpus`` (deterministic).
 

@@ -84,7 +84,9 @@ class VoxelGrid:
         """Voxels per axis (x, y, z): ``round(extent / voxel_size)`` in float32, as spconv."""
         pcr = np.asarray(self.point_cloud_range, dtype=np.float32)
         vs = np.asarray(self.voxel_size, dtype=np.float32)
-        return cast("tuple[int, int, int]", tuple(int(v) for v in np.round((pcr[3:] - pcr[:3]) / vs)))
+        return cast(
+            "tuple[int, int, int]", tuple(int(v) for v in np.round((pcr[3:] - pcr[:3]) / vs))
+        )
 
     @property
     def sparse_shape(self) -> tuple[int, int, int]:

@@ -45,7 +45,9 @@ def clip_transform(img_size: int) -> T.Compose:
 def _decode(data: bytes | None, where: str) -> Image.Image:
     if data is not None and not isinstance(data, (bytes, bytearray)):
         shown = repr(data)[:60]
-        raise CaptionRecordError(f"{where}: the image is a {type(data).__name__} ({shown}), expected encoded image bytes")
+        raise CaptionRecordError(
+            f"{where}: the image is a {type(data).__name__} ({shown}), expected encoded image bytes"
+        )
     if not data:
         raise CaptionRecordError(f"{where}: image is empty")
     try:
@@ -82,8 +84,14 @@ class _RecordDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         _, (img, caption, record), skipped = load_or_skip(
-            idx, len(self), self.load, self._bad, self.skip_corrupt, (CaptionRecordError,),
-            "caption records", CaptionRecordError,
+            idx,
+            len(self),
+            self.load,
+            self._bad,
+            self.skip_corrupt,
+            (CaptionRecordError,),
+            "caption records",
+            CaptionRecordError,
         )
         out = {
             "image": self.transform(img),

@@ -110,7 +110,9 @@ class CaptionDataModule(LoaderDataModule):
             )
             enc = TextEncoder(self.tokenizer, self.max_text_len)
             hp = cast(AttributeDict, self.hparams)
-            self.train_set = fmt.make(CaptionSet("train", root, hp, enc, None, self.img_size, num_train))
+            self.train_set = fmt.make(
+                CaptionSet("train", root, hp, enc, None, self.img_size, num_train)
+            )
             self.val_set = fmt.make(CaptionSet("val", root, hp, enc, None, self.img_size, num_val))
         else:
             if root is None:
@@ -136,8 +138,11 @@ class CaptionDataModule(LoaderDataModule):
 
     def model_inputs(self) -> dict[str, Any]:
         """What a text model must know about this tokenizer (passed to its constructor)."""
-        return {"vocab_size": self.vocab_size, "pad_token_id": self.pad_token_id,
-                "mask_token_id": self.mask_token_id}
+        return {
+            "vocab_size": self.vocab_size,
+            "pad_token_id": self.pad_token_id,
+            "mask_token_id": self.mask_token_id,
+        }
 
     def eval_dataloaders(self):
         """(train, val) loaders without shuffling or dropping the last batch."""

@@ -29,7 +29,9 @@ def _read_utf8(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise CaptionRecordError(f"{path} line {line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+        raise CaptionRecordError(
+            f"{path} line {line}: not valid UTF-8 ({e.reason} at byte {e.start})"
+        ) from e
 
 
 class FolderCaptions(_RecordDataset):
@@ -59,15 +61,17 @@ class FolderCaptions(_RecordDataset):
             missing = {"image", "caption"} - set(reader.fieldnames or ())
             if missing:
                 raise CaptionRecordError(
-                    f"'{self.file}' lacks column(s) {sorted(missing)} "
-                    f"(header {reader.fieldnames})"
+                    f"'{self.file}' lacks column(s) {sorted(missing)} (header {reader.fieldnames})"
                 )
             start = reader.line_num + 1
             for r in reader:
-                if any("\n" in v for v in r.values() if isinstance(v, str)):  # a quoted field ran over line ends: an unclosed quote merges the rows after it
+                if any(
+                    "\n" in v for v in r.values() if isinstance(v, str)
+                ):  # a quoted field ran over line ends: an unclosed quote merges the rows after it
                     raise CaptionRecordError(
                         f"{self.file} line {start}: a quoted field runs to line {reader.line_num}; an unclosed "
-                        "quote? (a caption is one line)")
+                        "quote? (a caption is one line)"
+                    )
                 self.records.append((reader.line_num, r["image"], r["caption"]))
                 start = reader.line_num + 1
         else:
@@ -77,9 +81,7 @@ class FolderCaptions(_RecordDataset):
                 try:
                     r = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise CaptionRecordError(
-                        f"{self.file} line {line_no}: bad JSON: {e}"
-                    ) from e
+                    raise CaptionRecordError(f"{self.file} line {line_no}: bad JSON: {e}") from e
                 if not isinstance(r, dict) or not {"image", "caption"} <= r.keys():
                     if not skip_corrupt:
                         raise CaptionRecordError(
@@ -99,15 +101,22 @@ class FolderCaptions(_RecordDataset):
         line, image, caption = self.records[idx]
         where = f"{self.file} {self._row_word} {line} (image {image!r})"
         if image is not None and not isinstance(image, str):
-            raise CaptionRecordError(f"{where}: 'image' is a {type(image).__name__}, expected a path string")
+            raise CaptionRecordError(
+                f"{where}: 'image' is a {type(image).__name__}, expected a path string"
+            )
         if not image:
             raise CaptionRecordError(f"{where}: missing image path")
         caption = _check_caption(caption, where)
         path = self.image_dir / image
-        inside = all(Path(p).is_relative_to(self.root) for p in (os.path.normpath(path.absolute()), path.resolve()))
+        inside = all(
+            Path(p).is_relative_to(self.root)
+            for p in (os.path.normpath(path.absolute()), path.resolve())
+        )
         if not self.allow_outside_root and not inside:  # lexically and after symlinks
-            raise CaptionRecordError(f"{where}: image path leaves the data root '{self.root}' "
-                                     "(data.allow_outside_root=true allows it)")
+            raise CaptionRecordError(
+                f"{where}: image path leaves the data root '{self.root}' "
+                "(data.allow_outside_root=true allows it)"
+            )
         try:
             data = path.read_bytes()
         except OSError as e:

@@ -56,7 +56,9 @@ def load_tokenizer(
                 "tokenizer=null to train one)"
             ) from e
         if not tok.is_fast:
-            raise ValueError(f"tokenizer '{tokenizer}' is not a fast tokenizer (word_ids are needed)")
+            raise ValueError(
+                f"tokenizer '{tokenizer}' is not a fast tokenizer (word_ids are needed)"
+            )
         return tok
     key = hashlib.sha1(f"{TOKENIZER_VERSION}:{corpus_key}".encode()).hexdigest()[:10]
     target = None

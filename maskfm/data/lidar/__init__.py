@@ -67,7 +67,6 @@ from maskfm.data.lidar.waymo import WaymoNpy
 # isort: on
 
 __all__ = [
-    "DATASETS",
     "LABEL_NAMES",
     "LIDAR_DATASETS",
     "MAX_RANGE_M",

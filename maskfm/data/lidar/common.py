@@ -82,6 +82,7 @@ def check_plausible(
             "or with a different column count"
         )
 
+
 def _check_finite(arr: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
@@ -136,4 +137,3 @@ class GlobalAugment:
         pts[:, 0], pts[:, 1] = c * x - s * y, s * x + c * y
         pts[:, :3] *= self.scale[0] + (self.scale[1] - self.scale[0]) * float(u[2])
         return pts
-

@@ -89,8 +89,13 @@ class _LidarDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         _, (points, labels, name), skipped = load_or_skip(
-            idx, len(self), self._load_checked, self._bad, self.skip_corrupt,
-            (CorruptPointCloudError, FileNotFoundError), f"sweeps of {self._describe()}",
+            idx,
+            len(self),
+            self._load_checked,
+            self._bad,
+            self.skip_corrupt,
+            (CorruptPointCloudError, FileNotFoundError),
+            f"sweeps of {self._describe()}",
             CorruptPointCloudError,
         )
         return self._sample(points, labels, name, skipped)
@@ -147,7 +152,12 @@ class _FileLidar(_LidarDataset):
         min_voxels: int = MIN_VOXELS,
     ) -> None:
         super().__init__(
-            grid, max_points_per_voxel, max_voxels, skip_corrupt, shuffle_points, augment,
+            grid,
+            max_points_per_voxel,
+            max_voxels,
+            skip_corrupt,
+            shuffle_points,
+            augment,
             min_voxels,
         )
         self.root = check_dir(root, f"{self.label} root", one_error=True)

@@ -28,7 +28,9 @@ class KittiVelodyne(_FileLidar):
 
     def _list_files(self, split: str | None) -> list[Path]:
         vdir = self.root / ("testing" if split == "test" else "training") / "velodyne"
-        return self._folder_files(vdir, "KITTI velodyne folder", ".bin", split, lambda i: f"{i}.bin")
+        return self._folder_files(
+            vdir, "KITTI velodyne folder", ".bin", split, lambda i: f"{i}.bin"
+        )
 
     def _read(self, path: Path) -> np.ndarray:
         pts = read_bin(path, 4)

@@ -62,7 +62,6 @@ class SyntheticLidar(_LidarDataset):
         return points, labels, f"synthetic/{self.split}/{idx:06d}"
 
 
-
 @register_lidar_dataset("synthetic", generated=True)
 def _synthetic(s: LidarSet) -> SyntheticLidar:
     hp = s.hparams

@@ -34,7 +34,6 @@ def _read_waymo_npy(path: Path) -> np.ndarray:
     return arr
 
 
-
 class WaymoNpy(_FileLidar):
     """Waymo frames converted by OpenPCDet: ``<root>/[waymo_processed_data_v0_5_0/]<segment>/
     %04d.npy``, float32 (N, 6) x, y, z, intensity, elongation, NLZ flag.

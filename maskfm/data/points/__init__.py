@@ -39,7 +39,12 @@ from maskfm.data.points.registry import POINT_DATASETS, PointSet, register_point
 from maskfm.data.points import synthetic as _synthetic  # noqa: F401
 from maskfm.data.points.shapenet import ShapeNet55
 from maskfm.data.points.modelnet import ModelNet40
-from maskfm.data.points.scanobjectnn import SCANOBJECTNN_CLASSES, SCANOBJECTNN_VARIANTS, ScanObjectNN
+from maskfm.data.points.scanobjectnn import (
+    SCANOBJECTNN_CLASSES,
+    SCANOBJECTNN_VARIANTS,
+    ScanObjectNN,
+)
+
 # isort: on
 from maskfm.data.synthetic_shapes import CLASSES, SyntheticShapes3D, sample_shape
 

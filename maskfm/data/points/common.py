@@ -188,8 +188,13 @@ class _PointCloudDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         _, (points, label), skipped = load_or_skip(
-            idx, len(self), self._load, self._bad, self.skip_corrupt,
-            (CorruptPointCloudError, FileNotFoundError), f"point clouds of {self._describe()}",
+            idx,
+            len(self),
+            self._load,
+            self._bad,
+            self.skip_corrupt,
+            (CorruptPointCloudError, FileNotFoundError),
+            f"point clouds of {self._describe()}",
             CorruptPointCloudError,
         )
         return {"points": torch.from_numpy(points), "label": int(label), "skipped": skipped}

@@ -68,7 +68,9 @@ class PointCloudDataModule(LoaderDataModule):
             eval_variant = variant if eval_variant is None else eval_variant
         for name, v in ((dataset, variant), (self.eval_name, eval_variant)):
             if v is not None and not POINT_DATASETS[name].variants:
-                takes = " or ".join(repr(n) for n in POINT_DATASETS.names() if POINT_DATASETS[n].variants)
+                takes = " or ".join(
+                    repr(n) for n in POINT_DATASETS.names() if POINT_DATASETS[n].variants
+                )
                 raise ValueError(f"variant={v!r} only applies to dataset {takes}, not {name!r}")
         self.dataset = dataset
         self.root, self.eval_root = root, eval_root

@@ -160,7 +160,9 @@ class ScanObjectNN(_ArrayPointCloudDataset):
             )
         labels = labels.reshape(-1)
         if len(data) == 0:
-            raise CorruptPointCloudError(f"'{path}' holds no objects ('data' has shape {data.shape})")
+            raise CorruptPointCloudError(
+                f"'{path}' holds no objects ('data' has shape {data.shape})"
+            )
         if len(labels) != len(data):
             raise CorruptPointCloudError(
                 f"'{path}' has {len(data)} objects in 'data' but {len(labels)} in 'label'"
