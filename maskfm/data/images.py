@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -388,6 +388,12 @@ class SyntheticImageDataModule(LoaderDataModule):
         self.train_set = SyntheticShapes(num_train, img_size, seed, split="train")
         self.val_set = SyntheticShapes(num_val, img_size, seed, split="test")
 
+    def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """(train, held-out) labelled loaders for evaluation: unshuffled, unaugmented (the
+        generated train pictures are never augmented)."""
+        assert self.train_set is not None and self.val_set is not None
+        return self.loader(self.train_set, train=False), self.loader(self.val_set, train=False)
+
 
 class ImageFolderDataModule(LoaderDataModule):
     """ImageFolder loaders for MAE pretraining (ImageNet mean/std, ``batch_size`` per device).
@@ -442,3 +448,16 @@ class ImageFolderDataModule(LoaderDataModule):
             full = copy.copy(self.train_set)  # reuse the file listing, swap the transform
             full.transform, full._corrupt = evaluate, set()
             self.val_set = Subset(full, range(min(self.val_subset_size, len(full))))
+
+    def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """(train, held-out) labelled loaders for evaluation: ``root`` with the deterministic
+        eval transform, and ``val_root``. Without ``val_root`` there is no held-out split."""
+        self.setup("fit")
+        if self.val_root is None:
+            raise UserInputError(
+                f"{self.root}: evaluation needs held-out images; set data.val_root=<dir>"
+            )
+        evaluate = eval_transform(self.img_size, self.mean, self.std)
+        train = ImageFolderDataset(self.root, evaluate, self.skip_corrupt)
+        assert self.val_set is not None
+        return self.loader(train, train=False), self.loader(self.val_set, train=False)
