@@ -11,49 +11,44 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from maskfm.config import CONFIG_DIR
 from maskfm.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-# Every class that maskfm's own configs (conf/**/*.yaml) name; tests/test_trust.py keeps
-# this list equal to what conf/ uses. Nothing else may come from a stored config.
-ALLOWED_TARGETS = frozenset(
-    {
-        "maskfm.methods.mae.MAE",
-        "maskfm.methods.m3ae.M3AE",
-        "maskfm.methods.point_mae.PointMAE",
-        "maskfm.methods.point_cmae.PointCMAE",
-        "maskfm.methods.rmae.RMAE",
-        "maskfm.masking.RandomMasker",
-        "maskfm.masking.BlockMasker",
-        "maskfm.masking.RadialMasker",
-        "maskfm.masking.WholeWordMasker",
-        "maskfm.data.images.SyntheticImageDataModule",
-        "maskfm.data.images.ImageFolderDataModule",
-        "maskfm.data.points.PointCloudDataModule",
-        "maskfm.data.lidar.LidarDataModule",
-        "maskfm.data.captions.CaptionDataModule",
-        "maskfm.callbacks.CPUSyncBatchNorm",
-        "maskfm.callbacks.ReconstructionPictures",
-        "maskfm.callbacks.Throughput",
-        "maskfm.callbacks.auto_progress_bar",
-        "maskfm.loggers.CSVLogger",
-        "maskfm.loggers.wandb_logger",
-        "maskfm.run_dir.HydraConfigForSweeps",
-        "maskfm.eval.svm.LinearSVM",
-        "maskfm.eval.voxel_probe.VoxelProbe",
-        "maskfm.eval.image_text.MLMProbe",
-        "maskfm.eval.image_text.Retrieval",
-        "torch.optim.AdamW",
-        "lightning.pytorch.Trainer",
-        "lightning.pytorch.callbacks.ModelCheckpoint",
-        "lightning.pytorch.loggers.TensorBoardLogger",
-    }
-)
+# The code a stored config may name: exactly the classes and functions maskfm's own configs
+# (conf/**/*.yaml, shipped with the package) name. Derived, so a new masker, dataset or
+# protocol lands with its module and its yaml alone; tests/test_trust.py checks that every
+# entry is maskfm's, torch's or Lightning's and resolves.
+ALLOWED_NAMESPACES = ("maskfm.", "torch.", "lightning.")
+
+
+def targets_named_by(conf_dir: Path) -> frozenset[str]:
+    """Every ``_target_`` string in the yaml files under ``conf_dir``."""
+    named: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("_target_"), str):
+                named.add(node["_target_"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        walk(yaml.safe_load(path.read_text()))
+    return frozenset(named)
+
+
+ALLOWED_TARGETS = targets_named_by(CONFIG_DIR)
 
 # Sections of a stored config that are never read back (users add their own callbacks and
 # loggers, e.g. ``+callbacks.x._target_=my.Callback``): not checked, never used.

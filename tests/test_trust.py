@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from omegaconf import OmegaConf
 
-from maskfm.config import CONFIG_DIR
 from maskfm.evaluate import evaluate
 from maskfm.interop.checkpoint_file import CheckpointFileError
 from maskfm.interop.loading import IncompleteLoadError
 from maskfm.methods.point_mae import PointMAE
-from maskfm.stored_config import ALLOWED_TARGETS, UntrustedConfigError
+from maskfm.stored_config import (
+    ALLOWED_NAMESPACES,
+    ALLOWED_TARGETS,
+    UntrustedConfigError,
+    targets_named_by,
+)
 from maskfm.train import build_system, train
 from tests.test_evaluate import TINY_POINTS
 from tests.test_point_methods import original_point_mae_state_dict
@@ -280,22 +283,23 @@ def test_the_command_line_prints_one_line(tmp_path, command):
     assert "Traceback" not in proc.stderr
 
 
-def test_the_allow_list_is_exactly_what_our_configs_name():
-    named = set()
-    for path in CONFIG_DIR.rglob("*.yaml"):
+def test_the_allow_list_is_what_our_configs_name_and_only_our_code():
+    from hydra._internal.utils import _locate
 
-        def walk(node):
-            if isinstance(node, dict):
-                if isinstance(node.get("_target_"), str):
-                    named.add(node["_target_"])
-                for v in node.values():
-                    walk(v)
-            elif isinstance(node, list):
-                for v in node:
-                    walk(v)
+    assert {"maskfm.methods.mae.MAE", "maskfm.masking.RadialMasker", "torch.optim.AdamW"} <= (
+        ALLOWED_TARGETS
+    )
+    for target in ALLOWED_TARGETS:
+        assert target.startswith(ALLOWED_NAMESPACES), target
+        assert callable(_locate(target)), target
 
-        walk(yaml.safe_load(path.read_text()))
-    assert named == set(ALLOWED_TARGETS)
+
+def test_a_yaml_added_to_conf_extends_the_allow_list(tmp_path):
+    (tmp_path / "masking").mkdir()
+    (tmp_path / "masking" / "mine.yaml").write_text(
+        "_target_: maskfm.masking.RandomMasker\nnested:\n  - _target_: maskfm.x.Y\n"
+    )
+    assert targets_named_by(tmp_path) == {"maskfm.masking.RandomMasker", "maskfm.x.Y"}
 
 
 def test_interpolations_and_objects_in_stored_configs_are_refused():

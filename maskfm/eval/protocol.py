@@ -8,8 +8,8 @@ passed too) and calls it once::
 
 ``result`` goes to ``eval.json`` (with the run's name and checkpoint information added) and
 ``summary`` is the one line printed. A new protocol is one module in ``maskfm/eval/`` with a
-subclass of :class:`Protocol` plus one ``conf/eval/<name>.yaml`` naming it (and its
-``_target_`` added to ``maskfm.stored_config.ALLOWED_TARGETS``).
+subclass of :class:`Protocol` plus one ``conf/eval/<name>.yaml`` naming it (which also
+puts its ``_target_`` on ``maskfm.stored_config.ALLOWED_TARGETS``).
 """
 
 from __future__ import annotations
