@@ -27,8 +27,8 @@ NUMPY_SUFFIXES = (".npy", ".xyz", ".pts")  # readable without open3d
 MESH_SAMPLINGS = ("uniform", "poisson")
 
 OPEN3D_EXTRA = (
-    "pip install 'maskfm[open3d]' (from a checkout: make install EXTRAS=dev,lidar,slurm,open3d; "
-    "on Debian/Ubuntu open3d also needs `apt-get install libusb-1.0-0`)"
+    "pip install 'maskfm[open3d]' (in a checkout `make install` installs it, its EXTRAS include "
+    "open3d; on Debian/Ubuntu open3d also needs `apt-get install libusb-1.0-0`)"
 )
 
 
