@@ -148,6 +148,12 @@ def test_off_with_the_keyword_glued_to_the_counts_and_polygons(tmp_path):
     for glued in (False, True):
         v, f = read_off(write_off(tmp_path / f"m{glued}.off", CUBE * 2, glued=glued))
         assert np.array_equal(v, CUBE * 2) and f.tolist() == [list(t) for t in TRIANGLES]
+    mixed = tmp_path / "mixed.off"  # a triangle, then a pentagon with a colour after its indices
+    mixed.write_text("OFF\n5 2 0\n" + "0 0 0\n" * 5 + "3 4 3 2\n5 0 1 2 3 4 255 0 0\n")
+    assert read_off(mixed)[1].tolist() == [[4, 3, 2], [0, 1, 2], [0, 2, 3], [0, 3, 4]]
+    mixed.write_text("OFF\n3 2 0\n" + "0 0 0\n" * 3 + "3 0 1\n3 0 1 2\n")
+    with pytest.raises(CorruptPointCloudError, match="mixed.off': .*face 0 lists fewer than its 3"):
+        read_off(mixed)
 
 
 @needs_open3d

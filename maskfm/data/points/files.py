@@ -149,17 +149,34 @@ def read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if len(body) < nv + nf:
             raise ValueError(f"it declares {nv} vertices and {nf} faces but has {len(body)} lines")
         vertices = np.array([v[:3] for v in body[:nv]], dtype=np.float64).reshape(nv, 3)
-        triangles = [
-            (f[1], f[k], f[k + 1])
-            for f in (list(map(int, words)) for words in body[nv : nv + nf])
-            for k in range(2, f[0])
-        ]
+        faces = _fan_triangles(body[nv : nv + nf])
     except (ValueError, IndexError) as e:
         raise _corrupt(path, f"malformed OFF file: {e}") from e
-    faces = np.array(triangles, dtype=np.int64).reshape(-1, 3)
     if faces.size and (faces.min() < 0 or faces.max() >= nv):
         raise _corrupt(path, f"a face refers to a vertex outside 0..{nv - 1}")
     return vertices, faces
+
+
+def _fan_triangles(rows: list[list[str]]) -> np.ndarray:
+    """OFF face rows ``n i1 .. in [colour]`` -> int64 (F, 3) triangles ``(i1, ik, ik+1)``."""
+    sizes = {int(words[0]) for words in rows}
+    if len(sizes) == 1:  # one polygon kind (ModelNet40: triangles): numpy
+        n = sizes.pop()
+        if n < 3:  # points or edges only: no surface
+            return np.zeros((0, 3), dtype=np.int64)
+        short = next((i for i, words in enumerate(rows) if len(words) <= n), None)
+        if short is not None:
+            raise ValueError(f"face {short} lists fewer than its {n} vertex indices")
+        table = np.array([words[1 : n + 1] for words in rows], dtype=np.int64)
+        return np.stack(
+            [np.stack([table[:, 0], table[:, k], table[:, k + 1]], 1) for k in range(1, n - 1)], 1
+        ).reshape(-1, 3)
+    triangles = [
+        (f[1], f[k], f[k + 1])
+        for f in (list(map(int, words)) for words in rows)
+        for k in range(2, f[0])
+    ]
+    return np.array(triangles, dtype=np.int64).reshape(-1, 3)
 
 
 def read_with_open3d(path: Path, mesh: bool) -> tuple[np.ndarray, np.ndarray | None]:
