@@ -104,7 +104,7 @@ def test_unknown_names_list_the_registered_formats(tiny_format):
     with pytest.raises(ValueError) as e:
         PointCloudDataModule("nope")
     assert str(e.value) == (
-        "dataset must be one of ('synthetic', 'shapenet55', 'modelnet40', 'scanobjectnn', "
+        "dataset must be one of ('synthetic', 'shapenet55', 'modelnet40', 'scanobjectnn', 'point_folder', "
         "'tiny_npy'), got 'nope'"
     )
     with pytest.raises(ValueError, match="one of .*'tiny_npy'.*got 'nope'"):

@@ -109,8 +109,29 @@ def caption_folder(path: Path) -> Path:
     return path
 
 
+def scans(path: Path) -> Path:
+    from tests.test_point_folder import make_folder
+
+    return make_folder(path, {"rock": 6, "stick": 6})
+
+
+def raw_modelnet40(path: Path) -> Path:
+    """``<class>/{train,test}/<class>_XXXX.off`` with ModelNet40's glued headers."""
+    pytest.importorskip("open3d", reason="sampling meshes needs the open3d extra")
+    from tests.test_point_folder import CUBE, write_off
+
+    for c, cls in enumerate(("bottle", "cone")):
+        for split, n in (("train", 4), ("test", 2)):
+            (path / cls / split).mkdir(parents=True)
+            for i in range(n):
+                write_off(path / cls / split / f"{cls}_{i:04d}.off", CUBE * (c + 1), glued=True)
+    return path
+
+
 # Paths the README uses as examples -> the real format the test writes there.
 PLACEHOLDERS = {
+    "~/scans": scans,
+    "/data/ModelNet40": raw_modelnet40,
     "~/pictures": lambda p: make_image_folder(p, per_class=4),
     "/data/ModelNet/modelnet40_normal_resampled": modelnet40,
     "/path/to/Point-MAE/pretrain.pth": original_point_mae,
@@ -165,6 +186,21 @@ PLAN: dict[str, tuple[str, list[str], str | None]] = {
             "model.num_groups=8",
             "model.group_size=8",
         ],
+        None,
+    ),
+    "python -m maskfm.train +experiment=point_mae data=point_folder data.root=~/scans": (
+        "run",
+        [*POINT_SMALL, "data.num_workers=0"],
+        None,
+    ),
+    "python -m maskfm.evaluate +experiment=point_mae eval=svm data=point_folder data.root=~/scans ckpt_path=last": (
+        "run",
+        [*POINT_SMALL, "data.num_workers=0", *EMBEDDED_SIZES],
+        "point_mae",
+    ),
+    "python -m maskfm.train +experiment=point_mae data=point_folder data.root=/data/ModelNet40 data.mesh_sampling=poisson": (
+        "run",
+        [*POINT_SMALL, "data.num_workers=0", "data.mesh_points=512"],
         None,
     ),
     "python -m maskfm.train +experiment=rmae data=kitti data.root=/data/kitti": (

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from maskfm.batch import to_device
+from maskfm.callbacks.ply import write_ply
 from maskfm.callbacks.render import render_panels
 
 
@@ -26,14 +27,23 @@ class ReconstructionPictures(Callback):
     W&B logger the picture is logged too, and point clouds also as 3D objects. The examples are
     the first ``num_examples`` of the first validation batch, masked with a fixed seed, so
     successive pictures are comparable.
+
+    Point clouds are also saved (``ply=True``) as ``dirpath/step_XXXXXX/<example>_<panel>.ply``
+    (e.g. ``0_input.ply``, ``0_visible.ply``, ``0_reconstruction.ply``), each panel in its
+    colour of :data:`PANEL_COLOURS`, in the same coordinates: open them together in MeshLab or
+    CloudCompare to compare.
     """
 
-    def __init__(self, dirpath: str, every_n_steps: int = 100, num_examples: int = 8) -> None:
+    def __init__(
+        self, dirpath: str, every_n_steps: int = 100, num_examples: int = 8, ply: bool = True
+    ) -> None:
         self.dirpath = Path(dirpath)
         self.every_n_steps = int(every_n_steps)
         self.num_examples = int(num_examples)
+        self.ply = bool(ply)
         self._batch: dict | None = None
         self.saved: list[Path] = []
+        self.saved_clouds: list[Path] = []
 
     def _examples(self, trainer) -> dict | None:
         if self._batch is None:
@@ -93,10 +103,21 @@ class ReconstructionPictures(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid.flatten(0, 1), path, nrow=len(panels), padding=2, pad_value=1.0)
         self.saved.append(path)
+        if clouds and self.ply:
+            self.saved_clouds += self.write_clouds(path.with_suffix(""), clouds)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self.log_to_wandb(logger, trainer.global_step, path, list(panels), clouds)
         return path
+
+    @staticmethod
+    def write_clouds(folder: Path, clouds: dict[str, torch.Tensor]) -> list[Path]:
+        """Each example's panels as coloured ``folder/<example>_<panel>.ply`` files."""
+        return [
+            write_ply(folder / f"{i}_{name}.ply", c, PANEL_COLOURS[k % len(PANEL_COLOURS)])
+            for k, (name, batch) in enumerate(clouds.items())
+            for i, c in enumerate(batch.detach().float().cpu().numpy())
+        ]
 
     @staticmethod
     def log_to_wandb(

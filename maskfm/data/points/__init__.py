@@ -1,8 +1,9 @@
-"""Point-cloud datasets (synthetic, ShapeNet-55, ModelNet40, ScanObjectNN) and their DataModule.
+"""Point-cloud datasets (synthetic, ShapeNet-55, ModelNet40, ScanObjectNN, a user's folder) and
+their DataModule.
 
 One module per format (:mod:`.shapenet`, :mod:`.modelnet`, :mod:`.scanobjectnn`,
-:mod:`.synthetic`), each registering itself in :mod:`.registry`; shared checks in :mod:`.common`,
-safe caches in :mod:`.cache`, loaders in :mod:`.datamodule`. Importing this package registers
+:mod:`.synthetic`, :mod:`.folder` with its readers in :mod:`.files`), each registering itself in
+:mod:`.registry`; shared checks in :mod:`.common`, safe caches in :mod:`.cache`, loaders in :mod:`.datamodule`. Importing this package registers
 the built-in formats (in this order).
 
 Every dataset returns ``{"points": FloatTensor (num_points, 3), "label": int, "skipped": int}``
@@ -44,6 +45,7 @@ from maskfm.data.points.scanobjectnn import (
     SCANOBJECTNN_VARIANTS,
     ScanObjectNN,
 )
+from maskfm.data.points.folder import PointFolder
 
 # isort: on
 from maskfm.data.synthetic_shapes import CLASSES, SyntheticShapes3D, sample_shape
@@ -59,6 +61,7 @@ __all__ = [
     "CorruptPointCloudError",
     "ModelNet40",
     "PointCloudDataModule",
+    "PointFolder",
     "PointSet",
     "ScanObjectNN",
     "ShapeNet55",

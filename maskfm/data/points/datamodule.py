@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from maskfm.data.base import LoaderDataModule
 from maskfm.data.points.common import _SPLITS, scale_and_translate
 from maskfm.data.points.registry import POINT_DATASETS, PointSet
+from maskfm.errors import UserInputError
 
 
 class PointCloudDataModule(LoaderDataModule):
@@ -21,7 +22,9 @@ class PointCloudDataModule(LoaderDataModule):
     with :func:`~maskfm.data.points.registry.register_point_dataset`. ``eval_dataloaders()`` returns
     unshuffled, unaugmented ``(train, test)`` loaders of ``eval_dataset`` (default: ``dataset``;
     e.g. pre-train on ShapeNet-55 and evaluate a linear SVM on ModelNet40 with ``eval_root``),
-    sampled deterministically. ``batch_size`` is per device.
+    sampled deterministically. ``batch_size`` is per device. "point_folder"
+    (:mod:`.folder`) also reads ``test_fraction``, ``mesh_sampling`` and ``mesh_points``; an
+    unlabelled folder has no ``eval_dataloaders()``.
 
     With ``augment`` the train batches get :func:`scale_and_translate` in
     ``on_after_batch_transfer`` (on the device, vectorised, torch RNG) while
@@ -49,6 +52,9 @@ class PointCloudDataModule(LoaderDataModule):
         cache_dir: str | None = None,
         whole: bool = False,
         pin_memory: bool = False,
+        test_fraction: float = 0.2,
+        mesh_sampling: str = "uniform",
+        mesh_points: int = 8192,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -124,6 +130,13 @@ class PointCloudDataModule(LoaderDataModule):
 
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """(train, test) loaders of the eval dataset: unshuffled, unaugmented, deterministic."""
+        if not self.eval_class_names:
+            raise UserInputError(
+                f"data.eval_dataset={self.eval_name!r} under '{self.eval_root}' has no classes "
+                "(an unlabelled point folder: no class sub-folders), so there is nothing to "
+                "evaluate; put its files in <root>/<class>/ folders or set data.eval_dataset "
+                "and data.eval_root to a labelled set"
+            )
         if self._eval_sets is None:
             self._eval_sets = (
                 self._make(self.eval_name, "train", eval_set=True),
