@@ -176,3 +176,34 @@ def test_the_export_command_line(tmp_path, mae_ckpt):
     proc = run()
     assert proc.returncode == 2 and "error: maskfm.export needs export.format=" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_m3ae_image_encoder_exports_to_timm_and_takes_mae_weights(compose_train, tmp_path):
+    """M3AE's image encoder is a ViTEncoder: timm export, and an MAE release file imports
+    into it (the text side and fusion stay as built, reported missing)."""
+    from tests.test_eval_image_text import TINY_M3AE
+
+    run = [*TINY_M3AE, "logger=none", "callbacks.reconstructions.every_n_steps=0"]
+    ckpt = trained(compose_train, tmp_path, run)
+    result = exported(compose_train, [*run, f"ckpt_path={ckpt}", "export.format=timm"])
+    cfg = compose_train([*run, f"ckpt_path={ckpt}"], config_name="evaluate")
+    from hydra.utils import instantiate
+
+    model, _ = load_model(cfg, ckpt, instantiate(cfg.data, _convert_="all"))
+    x = pictures()
+    scope = {"images": x}
+    exec(result["load"], scope)
+    with torch.no_grad():
+        assert (scope["tokens"] - model.eval().encoder(x)).abs().max() < 1e-5
+
+    from maskfm.interop.mae import mae_state_dict
+
+    release = tmp_path / "mae_pretrain.pth"
+    torch.save({"model": mae_state_dict(model)}, release)
+    cfg = compose_train([*run, f"ckpt_path={release}"], config_name="evaluate")
+    fresh, info = load_model(cfg, release, instantiate(cfg.data, _convert_="all"))
+    assert info["format"] == "original MAE" and info["unexpected"] == []
+    assert info["required_loaded"] == info["required_tensors"] == len(model.encoder.state_dict())
+    assert any(k.startswith("text_encoder.") for k in info["missing"])
+    with torch.no_grad():
+        assert torch.equal(fresh.eval().encoder(x), model.encoder(x))
