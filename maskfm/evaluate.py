@@ -3,12 +3,14 @@
     python -m maskfm.evaluate +experiment=point_mae eval=svm ckpt_path=last
     python -m maskfm.evaluate +experiment=point_mae eval=svm ckpt_path=runs/train/point_mae/<run>/checkpoints/last.ckpt
     python -m maskfm.evaluate +experiment=point_mae eval=svm ckpt_path=/path/to/Point-MAE/pretrain.pth
+    python -m maskfm.evaluate +experiment=mae eval=svm ckpt_path=/path/to/mae_pretrain_vit_base.pth
     python -m maskfm.evaluate +experiment=point_mae eval=svm          # random init, the baseline
     python -m maskfm.evaluate +experiment=m3ae eval=mlm_probe ckpt_path=last
     python -m maskfm.evaluate +experiment=m3ae eval=retrieval ckpt_path=last
 
 ``ckpt_path`` accepts a maskfm checkpoint, ``last`` (the newest checkpoint of the latest
-training run of this experiment) or an original Point-MAE ``pretrain.pth``. The model is
+training run of this experiment), an original MAE or Point-MAE checkpoint, or a Hugging
+Face ViTMAE directory (``ckpt_format`` names the layout; ``auto`` recognises it). The model is
 built from the composed config; a maskfm checkpoint's stored sizes fill in its values
 (``stored_config=values|model|ignore``), never its classes. A checkpoint that does not set
 every model (encoder) tensor is an error unless ``allow_partial_load=true``. Results go to ``eval.json`` in the evaluation's run directory.
@@ -27,18 +29,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from maskfm.config import CONFIG_DIR, print_config_tree
-from maskfm.errors import UserInputError, exit_on_user_error
+from maskfm.errors import exit_on_user_error
 from maskfm.eval.protocol import build_protocol
-from maskfm.interop.checkpoint_file import (
-    CheckpointFileError,
-    checkpoint_method,
-    is_maskfm_checkpoint,
-    read_checkpoint,
-)
+from maskfm.interop.checkpoint_file import checkpoint_method
+from maskfm.interop.formats import open_weights
+from maskfm.interop.imports import import_weights
 from maskfm.interop.loading import load_state_dict_with_report
-from maskfm.interop.point_mae import is_original_checkpoint, load_point_mae_checkpoint
 from maskfm.methods.build import build_system
-from maskfm.methods.point_mae import PointMAE
 from maskfm.run_dir import latest_checkpoint, latest_run_with_checkpoint, register_resolvers
 from maskfm.stored_config import apply_stored_model_config
 
@@ -59,7 +56,7 @@ def find_checkpoint(cfg: DictConfig) -> Path | None:
             )
         return latest_checkpoint(run)
     path = Path(cfg.ckpt_path).expanduser()
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):  # a directory: a Hugging Face model
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     return path
 
@@ -68,37 +65,25 @@ def load_model(cfg: DictConfig, ckpt: Path | None, datamodule=None) -> tuple[tor
     """Build the method from the composed config and load its weights; returns (model, info
     for eval.json).
 
-    The checkpoint is data: its stored config may fill in values of the composed model
-    config (``stored_config``, see maskfm/stored_config.py), never choose code. Every
-    tensor of the model (maskfm checkpoints) or of its encoder (original checkpoints) must
-    load, unless ``allow_partial_load=true``.
+    ``ckpt_format`` (``auto`` | ``maskfm`` | ``mae`` | ``hf_vitmae`` | ``point_mae``) says how
+    to read ``ckpt``; ``auto`` recognises each layout by a signature on its keys and refuses
+    a file that matches none or several (maskfm/interop/formats.py). The checkpoint is data:
+    a maskfm checkpoint's stored config may fill in values of the composed model config
+    (``stored_config``, see maskfm/stored_config.py), never choose code. Every tensor of the
+    model (maskfm checkpoints) or of its encoder (other layouts; the whole MAE when an MAE
+    file has its decoder) must load, unless ``allow_partial_load=true``.
     """
     if ckpt is None:
         log.warning("No ckpt_path: evaluating a randomly initialised encoder (seed %s)", cfg.seed)
         return build_system(cfg, datamodule).model, {"checkpoint": None}
     allow_partial = bool(cfg.get("allow_partial_load", False))
-    checkpoint = read_checkpoint(
-        ckpt, expected="a maskfm checkpoint (.ckpt) or an original Point-MAE pretrain.pth"
-    )
-    if is_original_checkpoint(checkpoint):
+    source = open_weights(ckpt, cfg.get("ckpt_format") or "auto")
+    if source.format != "maskfm":
         model = build_system(cfg, datamodule).model
-        if not isinstance(model, PointMAE):
-            raise UserInputError(
-                f"{ckpt}: an original Point-MAE checkpoint, but the composed config builds "
-                f"{type(model).__name__}: use +experiment=point_mae_shapenet (or point_mae)"
-            )
-        report = load_point_mae_checkpoint(model, ckpt, allow_partial=allow_partial)
-        return model, {"checkpoint": str(ckpt), "format": "original Point-MAE", **report.summary()}
-    if not is_maskfm_checkpoint(checkpoint):
-        keys = (
-            ", ".join(map(str, list(checkpoint)[:8]))
-            if isinstance(checkpoint, dict)
-            else type(checkpoint).__name__
-        )
-        raise CheckpointFileError(
-            f"{ckpt}: neither a maskfm checkpoint (no 'state_dict') nor an original "
-            f"Point-MAE pretrain.pth (no 'base_model'); it holds: {keys}"
-        )
+        trust = bool(cfg.get("ckpt_trust_pickle", False))
+        report = import_weights(model, source, allow_partial=allow_partial, trust_pickle=trust)
+        return model, {"checkpoint": str(ckpt), "format": source.label, **report.summary()}
+    checkpoint = source.checkpoint
     filled = apply_stored_model_config(cfg, checkpoint, str(ckpt))
     system = build_system(cfg, datamodule)
     report = load_state_dict_with_report(

@@ -71,7 +71,13 @@ M3AE_SMALL = [
     for o in TINY_M3AE
     if not o.startswith(("+experiment", "data.num_train", "data.num_val", "data.batch"))
 ] + ["data.batch_size=2", "trainer.max_steps=2", "eval.num_pairs=4", "eval.num_samples=8"]
-EMBEDDED_SIZES = ["data.num_train=16", "data.num_val=8"]  # only where the data source has them
+EMBEDDED_SIZES = ["data.num_train=16", "data.num_val=8"]
+# TINY_MAE's sizes, forced (``++``: the preset sizes are null) to match the imported files.
+IMPORT_SMALL = [
+    *("++" + o if o.split("=")[0] in ("model.embed_dim", "model.depth", "model.num_heads") else o
+      for o in TINY_MAE),
+    "data.img_size=32", "data.batch_size=4", "data.num_workers=0",
+]  # fmt: skip  # only where the data source has them
 
 
 def original_point_mae(path: Path) -> Path:
@@ -128,11 +134,36 @@ def raw_modelnet40(path: Path) -> Path:
     return path
 
 
+def tiny_mae_for_import():
+    """A MAE of TINY_MAE's sizes on 32 px pictures (the import commands' overrides)."""
+    from maskfm.methods.mae import MAE
+
+    torch.manual_seed(0)
+    return MAE(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+
+
+def mae_release(path: Path) -> Path:
+    from maskfm.interop.mae import mae_state_dict
+
+    torch.save({"model": mae_state_dict(tiny_mae_for_import())}, path)
+    return path
+
+
+def hf_vitmae_dir(path: Path) -> Path:
+    from maskfm.interop.hf_vitmae import export_hf_vitmae
+
+    return export_hf_vitmae(tiny_mae_for_import(), path)[0]
+
+
 # Paths the README uses as examples -> the real format the test writes there.
 PLACEHOLDERS = {
     "~/scans": scans,
     "/data/ModelNet40": raw_modelnet40,
     "~/pictures": lambda p: make_image_folder(p, per_class=4),
+    "~/pictures_val": lambda p: make_image_folder(p, per_class=2),
+    "/path/to/mae_pretrain_vit_base.pth": mae_release,
+    "/path/to/vit-mae-base": hf_vitmae_dir,
     "/data/ModelNet/modelnet40_normal_resampled": modelnet40,
     "/path/to/Point-MAE/pretrain.pth": original_point_mae,
     "/data/kitti": kitti,
@@ -271,6 +302,43 @@ PLAN: dict[str, tuple[str, list[str], str | None]] = {
         ],
         None,
     ),
+    "python -m maskfm.evaluate +experiment=mae_vit_base_imagenet eval=svm data.root=~/pictures "
+    "data.val_root=~/pictures_val ckpt_path=/path/to/mae_pretrain_vit_base.pth": (
+        "run",
+        IMPORT_SMALL,
+        None,
+    ),
+    "python -m maskfm.evaluate +experiment=mae_vit_base_imagenet eval=svm data.root=~/pictures "
+    "data.val_root=~/pictures_val ckpt_path=/path/to/vit-mae-base": (
+        "run",
+        IMPORT_SMALL,
+        None,
+    ),
+    "python -m maskfm.export +experiment=mae ckpt_path=last export.format=timm": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES],
+        "mae",
+    ),
+    "python -m maskfm.export +experiment=mae ckpt_path=last export.format=hf": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES],
+        "mae",
+    ),
+    "python -m maskfm.export +experiment=mae ckpt_path=last export.format=original": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES],
+        "mae",
+    ),
+    "python -m maskfm.export +experiment=point_mae ckpt_path=last export.format=original": (
+        "run",
+        [*POINT_SMALL, *EMBEDDED_SIZES],
+        "point_mae",
+    ),
+    "python -m maskfm.export +experiment=rmae ckpt_path=last export.format=openpcdet": (
+        "run",
+        [*RMAE_SMALL, "data.num_train=2", "data.num_val=2"],
+        "rmae",
+    ),
     "make test-fast": ("dry", [], None),
     "make lint": ("cli", [], None),
 }
@@ -360,6 +428,12 @@ def run_in_process(
         if train_first:
             assert result["checkpoint"].startswith(str(tmp_path / "runs" / "train" / train_first))
             assert result["required_loaded"] == result["required_tensors"]
+    elif entry == "export":
+        from maskfm.export import export
+
+        result = export(cfg)
+        assert Path(result["path"]).exists() and (tmp_path / "run" / "export.json").is_file()
+        assert result["source"]["checkpoint"].startswith(str(tmp_path / "runs" / "train"))
     else:
         from maskfm.bench import bench
 

@@ -277,7 +277,8 @@ def test_the_command_line_prints_one_line(tmp_path, command):
         + (
             "a maskfm training checkpoint (.ckpt)"
             if command == "train"
-            else "a maskfm checkpoint (.ckpt) or an original Point-MAE pretrain.pth"
+            else "a maskfm checkpoint (.ckpt), an original MAE or Point-MAE checkpoint (.pth) "
+            "or a Hugging Face ViTMAE directory"
         )
     ]
     assert "Traceback" not in proc.stderr
