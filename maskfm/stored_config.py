@@ -48,6 +48,8 @@ ALLOWED_TARGETS = frozenset(
         "maskfm.eval.voxel_probe.VoxelProbe",
         "maskfm.eval.image_text.MLMProbe",
         "maskfm.eval.image_text.Retrieval",
+        "maskfm.eval.linear_probe.LinearProbe",
+        "maskfm.eval.knn.KNN",
         "torch.optim.AdamW",
         "lightning.pytorch.Trainer",
         "lightning.pytorch.callbacks.ModelCheckpoint",
