@@ -180,10 +180,15 @@ def test_protocols_read_the_class_from_the_cls_token_only(protocol):
     assert noise["top1"] < 50  # the patch tokens carry nothing: about chance (25 %)
 
 
-def test_linear_probe_without_augmented_loader_is_a_clear_error():
+def test_linear_probe_settings_that_cannot_train_are_clear_errors():
     probe = LinearProbe(name="linear_probe", augment=True, epochs=1)
     with pytest.raises(UserInputError, match="augmented_train_dataloader"):
         probe(TokensAreTheInput(), torch.device("cpu"), TokenData())
+    probe = LinearProbe(name="linear_probe", epochs=1, batch_size=64, accum_iter=4)
+    with pytest.raises(UserInputError, match="3 batches of 64 per epoch, fewer than eval.accum"):
+        probe(TokensAreTheInput(), torch.device("cpu"), TokenData())  # 240 samples
+    with pytest.raises(UserInputError, match="eval.batch_size >= 2"):
+        LinearProbe(name="linear_probe", batch_size=1)
 
 
 # ------------------------------------------------------------------------- end to end

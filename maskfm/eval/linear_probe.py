@@ -94,6 +94,12 @@ class LinearProbe(Protocol):
     ) -> dict[str, float]:
         """Train ``head`` for ``epochs``; ``batches(epoch)`` yields (features, labels) pairs.
         Returns the last epoch's mean loss and running top-1 (train mode)."""
+        if steps_per_epoch < self.accum_iter:
+            raise UserInputError(
+                f"the train split gives {steps_per_epoch} batches of {self.batch_size} per "
+                f"epoch, fewer than eval.accum_iter={self.accum_iter}, so the head would never "
+                "step; lower eval.accum_iter or eval.batch_size"
+            )
         head.to(device).train()
         opt = LARS(
             head.parameters(),
