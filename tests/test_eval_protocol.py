@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 from maskfm.config import CONFIG_DIR
 from maskfm.errors import UserInputError
 from maskfm.eval.image_text import MLMProbe, Retrieval
+from maskfm.eval.knn import KNN
+from maskfm.eval.linear_probe import LinearProbe
 from maskfm.eval.protocol import Protocol, available_protocols, build_protocol
 from maskfm.eval.svm import LinearSVM
 from maskfm.eval.voxel_probe import VoxelProbe
@@ -23,6 +25,9 @@ PROTOCOLS = {
     "voxel_probe": VoxelProbe,
     "mlm_probe": MLMProbe,
     "retrieval": Retrieval,
+    "linear_probe": LinearProbe,
+    "linear_probe_mae": LinearProbe,
+    "knn": KNN,
 }
 
 
@@ -85,8 +90,8 @@ def test_an_unknown_eval_group_names_the_choices(compose_train):
     [
         (
             {"name": "svm", "C": 1.0},
-            r"names no protocol class \(no eval._target_\); use eval= one of mlm_probe, "
-            r"retrieval, svm, voxel_probe",
+            r"names no protocol class \(no eval._target_\); use eval= one of "
+            + ", ".join(sorted(PROTOCOLS)),
         ),
         (
             {"_target_": "maskfm.eval.svm.NoSuchProtocol", "name": "svm"},

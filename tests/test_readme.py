@@ -280,6 +280,32 @@ PLAN: dict[str, tuple[str, list[str], str | None]] = {
         ["data.batch_size=3", "data.num_workers=0", "data.num_points=64"],
         None,
     ),
+    "python -m maskfm.evaluate +experiment=mae eval=linear_probe ckpt_path=last": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES, "eval.epochs=3"],
+        "mae",
+    ),
+    "python -m maskfm.evaluate +experiment=mae eval=knn ckpt_path=last": (
+        "run",
+        [*MAE_SMALL, *EMBEDDED_SIZES],
+        "mae",
+    ),
+    "python -m maskfm.evaluate +experiment=point_mae eval=knn ckpt_path=last": (
+        "run",
+        [*POINT_SMALL, *EMBEDDED_SIZES],
+        "point_mae",
+    ),
+    "python -m maskfm.evaluate +experiment=mae data=imagefolder data.root=~/pictures data.val_fraction=0.2 eval=knn": (
+        "run",
+        [*MAE_SMALL, "data.num_workers=0", "data.img_size=32"],
+        None,
+    ),
+    "python -m maskfm.evaluate +experiment=mae_vit_base_imagenet eval=linear_probe_mae trainer=gpu "
+    "data.root=/data/imagenet/train data.val_root=/data/imagenet/val ckpt_path=last": (
+        "compose",
+        [],
+        None,
+    ),  # a GPU and ImageNet
     "python -m maskfm.train -m +experiment=mae masking.ratio=0.6,0.7 launcher=slurm hydra.launcher.partition=gpu": (
         "compose",
         [],

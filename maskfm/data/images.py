@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -83,6 +83,60 @@ def eval_transform(
             T.Normalize(mean, std),
         ]
     )
+
+
+def linprobe_train_transform(
+    img_size: int,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> T.Compose:
+    """MAE's linear-probe augmentation (main_linprobe.py): RandomResizedCrop at the default
+    scale (0.08, 1) + horizontal flip -> FloatTensor (3, img_size, img_size).
+
+    torchvision's crop sampler (10 tries, then a centre crop) stands in for MAE's one-draw
+    TF-style sampler (util/crop.py); both draw area and log-aspect uniformly.
+    """
+    return T.Compose(
+        [
+            T.RandomResizedCrop(img_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def augmented_loader(dataset: Dataset, batch_size: int, num_workers: int, what: str) -> DataLoader:
+    """Shuffled, drop_last loader of labelled augmented pictures (the linear probe's train
+    loader); a dataset smaller than one batch is an error naming ``what``."""
+    size = len(cast(Sized, dataset))
+    if size < batch_size:
+        raise UserInputError(
+            f"{what}: {size} training pictures, fewer than one probe batch of {batch_size}; "
+            "lower eval.batch_size"
+        )
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers
+    )
+
+
+def seeded_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: per class, ``round(fraction * n)`` files (at least 1, and
+    at least 1 left for training; none from a class of one file) drawn by
+    ``numpy.random.default_rng(seed)``; both lists sorted."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    held: list[int] = []
+    for y in sorted(by_class):
+        members = by_class[y]
+        if len(members) < 2:
+            continue
+        n = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.extend(int(members[j]) for j in rng.permutation(len(members))[:n])
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
 
 
 # --------------------------------------------------------------------------------------
@@ -385,6 +439,7 @@ class SyntheticImageDataModule(LoaderDataModule):
         self.mean = SYNTHETIC_MEAN
         self.std = SYNTHETIC_STD
         self.num_classes = len(CLASSES)
+        self.num_train, self.seed = num_train, seed
         self.train_set = SyntheticShapes(num_train, img_size, seed, split="train")
         self.val_set = SyntheticShapes(num_val, img_size, seed, split="test")
 
@@ -394,13 +449,37 @@ class SyntheticImageDataModule(LoaderDataModule):
         assert self.train_set is not None and self.val_set is not None
         return self.loader(self.train_set, train=False), self.loader(self.val_set, train=False)
 
+    def augmented_train_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """The train pictures, labelled, with MAE's linear-probe augmentation
+        (:func:`linprobe_train_transform`), shuffled, drop_last."""
+        train = SyntheticShapes(
+            self.num_train,
+            self.img_size,
+            self.seed,
+            split="train",
+            transform=linprobe_train_transform(self.img_size, self.mean, self.std),
+        )
+        return augmented_loader(
+            train, batch_size or self.batch_size, self.num_workers, "synthetic pictures"
+        )
+
+
+def _with_transform(dataset: ImageFolderDataset, transform: Transform) -> ImageFolderDataset:
+    """The same file listing with another transform (and its own corrupt-file memory)."""
+    out = copy.copy(dataset)
+    out.transform, out._corrupt = transform, set()
+    return out
+
 
 class ImageFolderDataModule(LoaderDataModule):
     """ImageFolder loaders for MAE pretraining (ImageNet mean/std, ``batch_size`` per device).
 
-    Train: ``ImageFolderDataset(root, mae_train_transform(img_size))``, shuffled, drop_last.
-    Val: ``ImageFolderDataset(val_root, eval_transform(img_size))`` if ``val_root`` is given,
-    else the first min(256, N) files of ``root`` (sorted order) with eval_transform.
+    Train: the files of ``root`` with ``mae_train_transform(img_size)``, shuffled, drop_last.
+    Held-out: ``val_root`` if given; else with ``val_fraction > 0`` a seeded per-class share
+    of ``root`` (:func:`seeded_split` with ``split_seed``), which then leaves the train split
+    (pretraining and evaluation never see it). Both use ``eval_transform``. With neither,
+    the val loader shows the first min(256, N) files of ``root`` (sorted order) and there is
+    no held-out split to evaluate on.
     The roots are checked (exist, have class folders) in ``__init__``; files are listed in
     ``setup()``, which the loaders call if Lightning has not.
     """
@@ -416,11 +495,20 @@ class ImageFolderDataModule(LoaderDataModule):
         val_root: str | None = None,
         skip_corrupt: bool = False,
         pin_memory: bool = True,
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = str(root)
         self.val_root = None if val_root is None else str(val_root)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if self.val_root is not None and val_fraction > 0:
+            raise ValueError(
+                f"set data.val_root ({self.val_root}) or data.val_fraction ({val_fraction}), "
+                "not both: each defines the held-out split"
+            )
         classes, _ = _list_classes(check_dir(self.root, "image root"))
         if self.val_root is not None:
             _list_classes(check_dir(self.val_root, "image root"))
@@ -429,35 +517,75 @@ class ImageFolderDataModule(LoaderDataModule):
         self.num_workers = num_workers
         self.skip_corrupt = skip_corrupt
         self.pin_memory = pin_memory
+        self.val_fraction = float(val_fraction)
+        self.split_seed = split_seed
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
         self.num_classes = len(classes)
-        self.train_set: ImageFolderDataset | None = None
+        self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self._listing: ImageFolderDataset | None = None
+        self._train_idx: list[int] | None = None  # None: every file of root trains
+
+    @property
+    def has_held_out(self) -> bool:
+        return self.val_root is not None or self.val_fraction > 0
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self._listing is not None:
             return
-        self.train_set = ImageFolderDataset(
+        listing = ImageFolderDataset(
             self.root, mae_train_transform(self.img_size, self.mean, self.std), self.skip_corrupt
         )
         evaluate = eval_transform(self.img_size, self.mean, self.std)
         if self.val_root is not None:
             self.val_set = ImageFolderDataset(self.val_root, evaluate, self.skip_corrupt)
+        elif self.val_fraction > 0:
+            labels = [y for _, y in listing.samples]
+            self._train_idx, held = seeded_split(labels, self.val_fraction, self.split_seed)
+            if not held:
+                raise UserInputError(
+                    f"{self.root}: data.val_fraction={self.val_fraction} holds out no file "
+                    f"(every class has a single file); add images or set data.val_root"
+                )
+            log.info(
+                "held out %d of the %d files of %s (data.val_fraction=%s, data.split_seed=%s)",
+                len(held),
+                len(labels),
+                self.root,
+                self.val_fraction,
+                self.split_seed,
+            )
+            self.val_set = Subset(_with_transform(listing, evaluate), held)
         else:
-            full = copy.copy(self.train_set)  # reuse the file listing, swap the transform
-            full.transform, full._corrupt = evaluate, set()
-            self.val_set = Subset(full, range(min(self.val_subset_size, len(full))))
+            n = min(self.val_subset_size, len(listing))
+            self.val_set = Subset(_with_transform(listing, evaluate), range(n))
+        self._listing = listing
+        self.train_set = self._train_files(listing.transform)
+
+    def _train_files(self, transform: Transform) -> Dataset:
+        """The train split (all of ``root`` or ``root`` less the held-out files) with ``transform``."""
+        assert self._listing is not None, "setup() lists the files"
+        files = _with_transform(self._listing, transform)
+        return files if self._train_idx is None else Subset(files, self._train_idx)
 
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        """(train, held-out) labelled loaders for evaluation: ``root`` with the deterministic
-        eval transform, and ``val_root``. Without ``val_root`` there is no held-out split."""
+        """(train, held-out) labelled loaders for evaluation, unshuffled: the train split
+        with the deterministic eval transform, and the held-out split (``val_root`` or the
+        ``val_fraction`` share of ``root``)."""
         self.setup("fit")
-        if self.val_root is None:
+        if not self.has_held_out:
             raise UserInputError(
-                f"{self.root}: evaluation needs held-out images; set data.val_root=<dir>"
+                f"{self.root}: evaluation needs held-out images; set data.val_root=<dir> or "
+                "data.val_fraction=<share of root to hold out, e.g. 0.2>"
             )
-        evaluate = eval_transform(self.img_size, self.mean, self.std)
-        train = ImageFolderDataset(self.root, evaluate, self.skip_corrupt)
+        train = self._train_files(eval_transform(self.img_size, self.mean, self.std))
         assert self.val_set is not None
         return self.loader(train, train=False), self.loader(self.val_set, train=False)
+
+    def augmented_train_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """The train split, labelled, with MAE's linear-probe augmentation
+        (:func:`linprobe_train_transform`), shuffled, drop_last."""
+        self.setup("fit")
+        train = self._train_files(linprobe_train_transform(self.img_size, self.mean, self.std))
+        return augmented_loader(train, batch_size or self.batch_size, self.num_workers, self.root)
